@@ -1,0 +1,104 @@
+"""The one exception hierarchy of fedcrm.
+
+Callers catch at the level they can handle: ``FedcrmError`` for anything of ours,
+a role's base class (``ClientError``, ``ConsentError``, ``CoordinatorError``) for a
+role, or the specific class. Every message names the file, row, column, field,
+partner or round it is about.
+"""
+
+from __future__ import annotations
+
+
+class FedcrmError(Exception):
+    """Base class of every error fedcrm raises on purpose."""
+
+
+class ConfigError(FedcrmError):
+    """A config file (partner, run, task schema, settings) is missing or invalid."""
+
+
+class TaskSchemaMismatch(FedcrmError):
+    """Two parties disagree on the task schema (hash differs)."""
+
+
+# --- partner side -----------------------------------------------------------------
+
+
+class ClientError(FedcrmError):
+    """Base class of partner-side errors."""
+
+
+class MissingPartnerKey(ClientError):
+    """The partner's secret pseudonymisation key does not exist (run `fedcrm client init`)."""
+
+
+class PartnerKeyExists(ClientError):
+    """`fedcrm client init` would overwrite an existing key."""
+
+
+class DataValidationError(ClientError):
+    """Customer data does not match its declared schema (names file, line, column)."""
+
+
+class RejectFractionExceeded(DataValidationError):
+    """Too many rows were rejected during ingestion; nothing was written."""
+
+
+class MinimumCountNotMet(ClientError):
+    """A partner's data for a round covers fewer distinct customers than the minimum."""
+
+
+class ClippingRangeExceeded(ClientError):
+    """Scaled parameters fall outside the SecAgg+ clipping range (they would be corrupted)."""
+
+
+class ModelIntegrityError(FedcrmError):
+    """A model file does not match the sha256 in its run manifest, or has an unsafe format."""
+
+
+# --- consent ------------------------------------------------------------------------
+
+
+class ConsentError(FedcrmError):
+    """Base class of consent-ledger errors."""
+
+
+class PurposeNotAllowed(ConsentError):
+    """A column's data category is not covered by the purpose's policy."""
+
+
+class ConsentImportError(ConsentError):
+    """A consent import file has a bad row; nothing was written."""
+
+
+class LedgerIntegrityError(ConsentError):
+    """The audit log does not verify (names the first bad index)."""
+
+
+class AuthorizationError(ConsentError):
+    """A token is missing, unknown, or lacks the role for an operation."""
+
+
+# --- coordinator --------------------------------------------------------------------
+
+
+class CoordinatorError(FedcrmError):
+    """Base class of coordinator-side errors."""
+
+
+class RoundFailed(CoordinatorError):
+    """A federated round could not complete with every sampled partner."""
+
+    def __init__(self, server_round: int, stage: str, partners: list[str], detail: str = "") -> None:
+        self.server_round = server_round
+        self.stage = stage
+        self.partners = sorted(partners)
+        names = ", ".join(self.partners) or "unknown partner"
+        msg = f"round {server_round} failed at stage '{stage}': partner(s) {names}"
+        if detail:
+            msg += f" — {detail}"
+        super().__init__(msg)
+
+
+class SecureAggregationHalted(RoundFailed):
+    """The SecAgg+ protocol stopped before producing an aggregate."""
