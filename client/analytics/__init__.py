@@ -1,0 +1,1 @@
+"""Local CRM analytics: RFM, lifetime value, health, lifecycle, segments."""
