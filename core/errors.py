@@ -102,3 +102,38 @@ class RoundFailed(CoordinatorError):
 
 class SecureAggregationHalted(RoundFailed):
     """The SecAgg+ protocol stopped before producing an aggregate."""
+
+
+class VocabularyError(ConsentError):
+    """A purpose, legal basis or data category is unknown, or a vocabulary file is invalid (names file and key)."""
+
+
+class AnalyticsError(ClientError):
+    """Local CRM analytics cannot run on the data given (names the column, option or model)."""
+
+
+class ModelFitError(AnalyticsError):
+    """A customer-lifetime model (BG/NBD, Gamma-Gamma) did not converge or has too little data."""
+
+
+# --- consent log (Merkle tree, signed heads, bundles) -------------------------------
+
+
+class MerkleProofError(LedgerIntegrityError):
+    """An inclusion or consistency proof does not verify (RFC 9162 §2.1.3.2 / §2.1.4.2)."""
+
+
+class CheckpointError(LedgerIntegrityError):
+    """A signed tree head (checkpoint note) is malformed or its signature does not verify."""
+
+
+class SigningKeyError(ConsentError):
+    """A ledger signing key file is missing, unreadable, not Ed25519, or would be overwritten."""
+
+
+class LedgerNotFound(ConsentError):
+    """No consent ledger at the given URL or path (or its schema is missing)."""
+
+
+class BundleError(LedgerIntegrityError):
+    """An exported ledger bundle is malformed (names the file and field)."""

@@ -1,0 +1,242 @@
+"""The consent vocabulary as data: data categories, legal bases and purposes.
+
+Shipped as YAML in ``consent/data/`` (fideslang's data-category keys plus a few marked
+extensions); a deployment merges its own YAML file on top. Categories form a tree by
+their dotted keys (``user.financial.billing`` is a child of ``user.financial``), and
+granting or allowing a category covers all of its descendants, as in Fides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedcrm.errors import VocabularyError
+
+__all__ = [
+    "DataCategory",
+    "LegalBasis",
+    "Purpose",
+    "Vocabulary",
+    "default_vocabulary",
+    "load_vocabulary",
+    "parent_of",
+]
+
+_BUNDLED_FILES = ("data_categories.yaml", "legal_bases.yaml", "purposes.yaml")
+
+Key = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")]
+
+
+class DataCategory(BaseModel):
+    """One node of the data-category tree (a fideslang key, or a marked extension)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Key
+    name: str
+    description: str = ""
+    extension: bool = Field(False, description="True for keys fedcrm or a deployment added below a fideslang key.")
+
+    @property
+    def parent(self) -> str | None:
+        """Key of the parent category, or None for a root."""
+        return parent_of(self.key)
+
+
+class LegalBasis(BaseModel):
+    """A legal basis and whether it covers subjects by opt-in or opt-out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Key
+    name: str
+    gdpr_article: str = ""
+    coverage: Literal["opt_in", "opt_out"]
+    description: str = ""
+
+
+class Purpose(BaseModel):
+    """A purpose and its policy: the categories it may use, its legal basis, its retention."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Key
+    name: str
+    description: str = ""
+    legal_basis: str
+    retention_days: int = Field(gt=0, description="How long data and outputs prepared for this purpose may be kept.")
+    data_categories: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class _VocabularyFile(BaseModel):
+    """The shape of one vocabulary YAML file (every section optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_categories: list[DataCategory] = []
+    legal_bases: list[LegalBasis] = []
+    purposes: list[Purpose] = []
+
+
+def parent_of(key: str) -> str | None:
+    """Parent key by the dotted-prefix rule (``a.b.c`` → ``a.b``; a root has none)."""
+    head, dot, _ = key.rpartition(".")
+    return head if dot else None
+
+
+class Vocabulary:
+    """The merged vocabulary; lookups raise ``VocabularyError`` naming the unknown key."""
+
+    def __init__(
+        self,
+        categories: Mapping[str, DataCategory],
+        legal_bases: Mapping[str, LegalBasis],
+        purposes: Mapping[str, Purpose],
+        sources: Sequence[str] = (),
+    ) -> None:
+        self.categories: dict[str, DataCategory] = dict(categories)
+        self.legal_bases: dict[str, LegalBasis] = dict(legal_bases)
+        self.purposes: dict[str, Purpose] = dict(purposes)
+        self.sources: tuple[str, ...] = tuple(sources)
+
+    def category(self, key: str) -> DataCategory:
+        """The category ``key``; unknown keys are an error."""
+        try:
+            return self.categories[key]
+        except KeyError:
+            raise VocabularyError(f"unknown data category '{key}'") from None
+
+    def purpose(self, key: str) -> Purpose:
+        """The purpose ``key``; unknown keys are an error listing the known ones."""
+        try:
+            return self.purposes[key]
+        except KeyError:
+            raise VocabularyError(f"unknown purpose '{key}' (known: {', '.join(sorted(self.purposes))})") from None
+
+    def legal_basis(self, key: str) -> LegalBasis:
+        """The legal basis ``key``; unknown keys are an error listing the known ones."""
+        try:
+            return self.legal_bases[key]
+        except KeyError:
+            known = ", ".join(sorted(self.legal_bases))
+            raise VocabularyError(f"unknown legal basis '{key}' (known: {known})") from None
+
+    def ancestors(self, key: str, *, include_self: bool = True) -> tuple[str, ...]:
+        """``key`` (optionally) and every ancestor up to the root, nearest first."""
+        self.category(key)
+        chain = [key] if include_self else []
+        parent = parent_of(key)
+        while parent is not None:
+            chain.append(parent)
+            parent = parent_of(parent)
+        return tuple(chain)
+
+    def covers(self, granted: str, requested: str) -> bool:
+        """True when ``granted`` is ``requested`` or one of its ancestors."""
+        return granted in self.ancestors(requested)
+
+    def descendants(self, key: str) -> tuple[str, ...]:
+        """Every category below ``key`` (not ``key`` itself), sorted."""
+        self.category(key)
+        prefix = key + "."
+        return tuple(sorted(k for k in self.categories if k.startswith(prefix)))
+
+    def purpose_covers(self, purpose: str, category: str) -> str | None:
+        """The purpose's allowed category that covers ``category``, or None if none does."""
+        allowed = self.purpose(purpose).data_categories
+        for ancestor in self.ancestors(category):
+            if ancestor in allowed:
+                return ancestor
+        return None
+
+
+def _read_file(path: Path | str, text: str) -> _VocabularyFile:
+    try:
+        raw: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise VocabularyError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return _VocabularyFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise VocabularyError(f"{path}: {where}: {first['msg']}") from exc
+
+
+def _merge(vocab: Vocabulary, path: str, content: _VocabularyFile, *, deployment: bool) -> None:
+    """Add one file's entries to ``vocab``, checking tree shape and references."""
+    for cat in content.data_categories:
+        if cat.key in vocab.categories:
+            raise VocabularyError(f"{path}: data category '{cat.key}' is already defined")
+        if deployment and not cat.extension:
+            raise VocabularyError(
+                f"{path}: data category '{cat.key}': a deployment may only add extensions (set `extension: true`)"
+            )
+        parent = cat.parent
+        if parent is None:
+            if cat.extension:
+                raise VocabularyError(f"{path}: extension category '{cat.key}' must be a child of an existing key")
+        elif parent not in vocab.categories:
+            raise VocabularyError(f"{path}: data category '{cat.key}' has unknown parent '{parent}'")
+        vocab.categories[cat.key] = cat
+    for basis in content.legal_bases:
+        if basis.key in vocab.legal_bases:
+            raise VocabularyError(f"{path}: legal basis '{basis.key}' is already defined")
+        vocab.legal_bases[basis.key] = basis
+    for purpose in content.purposes:
+        if purpose.key in vocab.purposes:
+            raise VocabularyError(f"{path}: purpose '{purpose.key}' is already defined")
+        if purpose.legal_basis not in vocab.legal_bases:
+            raise VocabularyError(f"{path}: purpose '{purpose.key}' has unknown legal basis '{purpose.legal_basis}'")
+        for key in purpose.data_categories:
+            if key not in vocab.categories:
+                raise VocabularyError(f"{path}: purpose '{purpose.key}' names unknown data category '{key}'")
+        vocab.purposes[purpose.key] = purpose
+
+
+def load_vocabulary(extra: Path | str | Iterable[Path | str] | None = None) -> Vocabulary:
+    """Load the bundled vocabulary and merge a deployment's YAML file(s) on top.
+
+    Parameters
+    ----------
+    extra
+        Path(s) of YAML files with any of ``data_categories``, ``legal_bases``, ``purposes``.
+        A deployment adds entries; it may not redefine bundled keys, and every category it
+        adds must be marked ``extension: true`` and be the child of a known key.
+    """
+    vocab = Vocabulary({}, {}, {})
+    sources: list[str] = []
+    data = resources.files("fedcrm.consent") / "data"
+    for name in _BUNDLED_FILES:
+        resource = data / name
+        label = f"fedcrm.consent/data/{name}"
+        _merge(vocab, label, _read_file(label, resource.read_text(encoding="utf-8")), deployment=False)
+        sources.append(label)
+    if extra is None:
+        extras: list[Path] = []
+    elif isinstance(extra, (str, Path)):
+        extras = [Path(extra)]
+    else:
+        extras = [Path(p) for p in extra]
+    for path in extras:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise VocabularyError(f"{path}: cannot read vocabulary file: {exc.strerror}") from exc
+        _merge(vocab, str(path), _read_file(path, text), deployment=True)
+        sources.append(str(path))
+    vocab.sources = tuple(sources)
+    return vocab
+
+
+@lru_cache(maxsize=1)
+def default_vocabulary() -> Vocabulary:
+    """The bundled vocabulary (cached; treat as read-only)."""
+    return load_vocabulary()
