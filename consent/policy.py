@@ -1,0 +1,337 @@
+"""Policy evaluation: may this subject's data of this category be used for this purpose at time t?
+
+Pure functions over consent events (no I/O). Semantics, per purpose P (legal basis B) and
+requested data category C at time ``at``, counting only events with ledger index < the tree
+size read and ``effective_at <= at``:
+
+* P must allow C: one of P's categories is C or an ancestor of C. Otherwise every subject is
+  denied (rule ``purpose.category_not_allowed``) and the gate refuses the column.
+* An event speaks for C when it is about purpose P and its category is C or an ancestor of C
+  (granting a parent covers its children). A withdrawal of a *child* of C does not withdraw C.
+* Events are ordered by (effective_at, ledger index). Let W be the latest withdrawal (recorded
+  under any basis: an objection is honoured whatever it cites). A grant counts only if it is
+  recorded under B, is later than W, and is in force (``expires_at`` is None or later than ``at``).
+* ``opt_in`` bases (consent): covered iff a counting grant exists.
+  ``opt_out`` bases (legitimate interest, contract): covered iff there is no W, or a counting grant
+  re-covers the subject after W.
+
+Every answer is a ``Decision`` naming the rule and, where one decided, the ledger event, as Fides
+policy evaluation does. ``evaluate_subjects`` applies the same rules to many subjects at once with
+array operations (the gate's path); ``evaluate`` answers for one subject with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
+from fedcrm.errors import PurposeNotAllowed
+
+__all__ = [
+    "ConsentLike",
+    "Coverage",
+    "Decision",
+    "Rule",
+    "check_category",
+    "evaluate",
+    "evaluate_subjects",
+    "require_categories",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_NEVER = np.iinfo(np.int64).max
+
+
+class ConsentLike(Protocol):
+    """The fields of a consent event the policy reads (``fedcrm.consent.events.ConsentEvent``)."""
+
+    subject: str
+    purpose: str
+    category: str
+    action: str
+    legal_basis: str
+    effective_at: datetime
+    expires_at: datetime | None
+
+
+class Rule:
+    """Names of the rules a ``Decision`` can cite."""
+
+    CATEGORY_ALLOWED = "purpose.category_allowed"
+    CATEGORY_NOT_ALLOWED = "purpose.category_not_allowed"
+    OPT_IN_GRANT = "opt_in.grant_in_force"
+    OPT_IN_NO_GRANT = "opt_in.no_grant"
+    OPT_IN_EXPIRED = "opt_in.grant_expired"
+    OPT_IN_WITHDRAWN = "opt_in.withdrawn"
+    OPT_OUT_NO_OBJECTION = "opt_out.no_objection"
+    OPT_OUT_REGRANTED = "opt_out.granted_after_withdrawal"
+    OPT_OUT_WITHDRAWN = "opt_out.withdrawn"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An explicit allow/deny with the rule that decided it and, if one did, the ledger event."""
+
+    allowed: bool
+    purpose: str
+    category: str
+    rule: str
+    reason: str
+    subject: str | None = None
+    event_index: int | None = None
+
+
+def _micros(when: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float rounding at the boundaries)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"timestamp {when.isoformat()} has no time zone; consent times must be tz-aware")
+    return (when - _EPOCH) // _US
+
+
+def check_category(purpose: str, category: str, *, vocabulary: Vocabulary | None = None) -> Decision:
+    """Does the purpose's policy allow this data category at all (independent of any subject)?"""
+    vocab = vocabulary or default_vocabulary()
+    spec = vocab.purpose(purpose)
+    via = vocab.purpose_covers(purpose, category)
+    if via is None:
+        allowed = ", ".join(spec.data_categories)
+        return Decision(
+            False,
+            purpose,
+            category,
+            Rule.CATEGORY_NOT_ALLOWED,
+            f"purpose '{purpose}' may use only {allowed}; '{category}' is none of these nor a child of one",
+        )
+    how = "listed" if via == category else f"a child of '{via}'"
+    return Decision(True, purpose, category, Rule.CATEGORY_ALLOWED, f"'{category}' is {how} in purpose '{purpose}'")
+
+
+def require_categories(
+    purpose: str, columns: dict[str, str], *, vocabulary: Vocabulary | None = None
+) -> dict[str, Decision]:
+    """Check every column's category against the purpose; raise on the first refused column.
+
+    Raises
+    ------
+    PurposeNotAllowed
+        Naming the column, its category and the purpose.
+    """
+    out: dict[str, Decision] = {}
+    for column, category in columns.items():
+        decision = check_category(purpose, category, vocabulary=vocabulary)
+        if not decision.allowed:
+            raise PurposeNotAllowed(
+                f"column '{column}' has data category '{category}', which purpose '{purpose}' does not allow: "
+                f"{decision.reason}"
+            )
+        out[column] = decision
+    return out
+
+
+def _relevant(
+    events: Iterable[tuple[int, ConsentLike]],
+    purpose: str,
+    ancestors: Sequence[str],
+    at_us: int,
+    tree_size: int | None,
+    subject: str | None,
+) -> list[tuple[int, int, ConsentLike]]:
+    """Events that speak for (purpose, category) at ``at``, sorted by (effective time, index)."""
+    keep = []
+    for index, ev in events:
+        if tree_size is not None and index >= tree_size:
+            continue
+        if subject is not None and ev.subject != subject:
+            continue
+        if ev.purpose != purpose or ev.category not in ancestors:
+            continue
+        eff = _micros(ev.effective_at)
+        if eff <= at_us:
+            keep.append((eff, index, ev))
+    keep.sort(key=lambda t: (t[0], t[1]))
+    return keep
+
+
+def evaluate(
+    events: Iterable[tuple[int, ConsentLike]],
+    *,
+    subject: str,
+    purpose: str,
+    category: str,
+    at: datetime,
+    tree_size: int | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> Decision:
+    """Decide for one subject, one purpose and one data category as of ``at``.
+
+    Parameters
+    ----------
+    events
+        ``(ledger index, consent event)`` pairs; other subjects' events are ignored.
+    tree_size
+        Count only events with index below it (the ledger size the caller read).
+    """
+    vocab = vocabulary or default_vocabulary()
+    scope = check_category(purpose, category, vocabulary=vocab)
+    if not scope.allowed:
+        return Decision(False, purpose, category, scope.rule, scope.reason, subject)
+    basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
+    at_us = _micros(at)
+    rel = _relevant(events, purpose, vocab.ancestors(category), at_us, tree_size, subject)
+
+    last_w = None
+    for eff, index, ev in rel:
+        if ev.action == "withdraw":
+            last_w = (eff, index, ev)
+    later = [t for t in rel if last_w is None or (t[0], t[1]) > (last_w[0], last_w[1])]
+    grants = [t for t in later if t[2].action == "grant" and t[2].legal_basis == basis.key]
+    in_force = [t for t in grants if t[2].expires_at is None or _micros(t[2].expires_at) > at_us]
+
+    def decide(allowed: bool, rule: str, reason: str, index: int | None) -> Decision:
+        return Decision(allowed, purpose, category, rule, reason, subject, index)
+
+    if in_force:
+        _, g_index, g = in_force[-1]
+        if basis.coverage == "opt_in":
+            return decide(True, Rule.OPT_IN_GRANT, f"grant #{g_index} ({g.category}) is in force", g_index)
+        if last_w is not None:
+            return decide(
+                True,
+                Rule.OPT_OUT_REGRANTED,
+                f"grant #{g_index} ({g.category}) re-covers the subject after withdrawal #{last_w[1]}",
+                g_index,
+            )
+    if basis.coverage == "opt_out":
+        if last_w is None:
+            return decide(
+                True,
+                Rule.OPT_OUT_NO_OBJECTION,
+                f"no withdrawal or objection recorded; legal basis '{basis.key}' covers by opt-out",
+                None,
+            )
+        w_index, w = last_w[1], last_w[2]
+        return decide(
+            False, Rule.OPT_OUT_WITHDRAWN, f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}", w_index
+        )
+    if grants:
+        _, g_index, g = grants[-1]
+        assert g.expires_at is not None
+        return decide(False, Rule.OPT_IN_EXPIRED, f"grant #{g_index} expired at {g.expires_at.isoformat()}", g_index)
+    if last_w is not None:
+        w_index, w = last_w[1], last_w[2]
+        return decide(
+            False, Rule.OPT_IN_WITHDRAWN, f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}", w_index
+        )
+    return decide(
+        False, Rule.OPT_IN_NO_GRANT, f"no grant under '{basis.key}' in force; legal basis '{basis.key}' needs opt-in", None
+    )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which of the requested subjects are covered for every requested category."""
+
+    purpose: str
+    categories: tuple[str, ...]
+    at: datetime
+    tree_size: int | None
+    subjects: tuple[str, ...]
+    allowed: np.ndarray = field(repr=False)  # bool, aligned with ``subjects``
+    _events: tuple[tuple[int, ConsentLike], ...] = field(repr=False, default=())
+    _vocabulary: Vocabulary | None = field(repr=False, default=None)
+
+    @property
+    def covered(self) -> frozenset[str]:
+        """The subjects covered for all categories."""
+        return frozenset(s for s, ok in zip(self.subjects, self.allowed, strict=True) if ok)
+
+    def decision(self, subject: str) -> Decision:
+        """The reason for one subject: its first denying category, else the last allowing one."""
+        last: Decision | None = None
+        for category in self.categories:
+            last = evaluate(
+                self._events,
+                subject=subject,
+                purpose=self.purpose,
+                category=category,
+                at=self.at,
+                tree_size=self.tree_size,
+                vocabulary=self._vocabulary,
+            )
+            if not last.allowed:
+                return last
+        assert last is not None
+        return last
+
+
+def _frame(events: Sequence[tuple[int, ConsentLike]], purpose: str) -> pd.DataFrame:
+    """The purpose's events as columns (one pass over the objects, then array operations)."""
+    rows = [
+        (
+            index,
+            ev.subject,
+            ev.category,
+            ev.action == "withdraw",
+            ev.legal_basis,
+            _micros(ev.effective_at),
+            _NEVER if ev.expires_at is None else _micros(ev.expires_at),
+        )
+        for index, ev in events
+        if ev.purpose == purpose
+    ]
+    cols = ["index", "subject", "category", "withdraw", "basis", "eff", "exp"]
+    frame = pd.DataFrame.from_records(rows, columns=cols)
+    return frame.astype({"index": "int64", "withdraw": "bool", "eff": "int64", "exp": "int64"})
+
+
+def evaluate_subjects(
+    events: Sequence[tuple[int, ConsentLike]],
+    *,
+    subjects: Iterable[str],
+    purpose: str,
+    categories: Iterable[str],
+    at: datetime,
+    tree_size: int | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> Coverage:
+    """Apply ``evaluate``'s rules to many subjects at once (all categories must be covered).
+
+    Raises
+    ------
+    PurposeNotAllowed
+        If the purpose does not allow one of the categories (no subject could be covered).
+    """
+    vocab = vocabulary or default_vocabulary()
+    cats = tuple(dict.fromkeys(categories))
+    require_categories(purpose, {c: c for c in cats}, vocabulary=vocab)
+    basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
+    subject_list = tuple(dict.fromkeys(subjects))
+    at_us = _micros(at)
+    events = tuple(events)
+
+    frame = _frame(events, purpose)
+    if tree_size is not None:
+        frame = frame[frame["index"] < tree_size]
+    frame = frame[frame["eff"] <= at_us].sort_values(["eff", "index"], kind="stable")
+    frame["order"] = np.arange(len(frame), dtype=np.int64)
+
+    wanted = pd.Index(subject_list)
+    allowed = np.ones(len(subject_list), dtype=bool)
+    for category in cats:
+        rel = frame[frame["category"].isin(vocab.ancestors(category))]
+        last_w = rel.loc[rel["withdraw"], ["subject", "order"]].groupby("subject")["order"].max()
+        grants = rel[(~rel["withdraw"]) & (rel["basis"] == basis.key) & (rel["exp"] > at_us)]
+        after = grants["order"].to_numpy() > last_w.reindex(grants["subject"]).fillna(-1).to_numpy()
+        regranted = pd.Index(grants.loc[after, "subject"].unique())
+        covered = wanted.isin(regranted)
+        if basis.coverage == "opt_out":
+            covered |= ~wanted.isin(last_w.index)
+        allowed &= covered
+    return Coverage(purpose, cats, at, tree_size, subject_list, allowed, events, vocab)
