@@ -1,0 +1,187 @@
+"""SQLAlchemy 2 models of the consent log, and the engine factory.
+
+Tables: ``log_entries`` (the append-only log: index, kind, public leaf JSON, leaf
+hash), ``signed_heads`` (one checkpoint per append transaction, with the tree's right
+edge so the next append needs no full scan), and the three *erasable* tables that
+hold personal data outside the tree: ``personal_payloads`` (salted values),
+``subject_sets`` (who a usage record included) and ``key_rotations`` (the
+partner-local old -> new pseudonym mapping). ``ledger_meta`` holds the origin and key.
+The schema itself is created by the Alembic migrations in ``migrations/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fedcrm.consent.bundle import LeafRow
+
+__all__ = [
+    "Base",
+    "KeyRotation",
+    "LedgerMeta",
+    "LogEntry",
+    "PersonalPayload",
+    "SignedHead",
+    "SubjectSetMember",
+    "make_engine",
+    "normalise_url",
+    "stream_rows",
+]
+
+# On SQLite an INTEGER primary key is the rowid: ordered scans and appends are fastest.
+Index64 = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names (for migrations)."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class LedgerMeta(Base):
+    """Key/value facts about this ledger: origin, key name, public key PEM."""
+
+    __tablename__ = "ledger_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class LogEntry(Base):
+    """One leaf of the log: its public JSON (hashed as is) and the stored leaf hash."""
+
+    __tablename__ = "log_entries"
+    idx: Mapped[int] = mapped_column(Index64, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    public_json: Mapped[str] = mapped_column(Text)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    #: Subject-set fingerprint of usage records: a lookup index for subject requests.
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+
+
+class PersonalPayload(Base):
+    """A personal field's value and salt (erasable; the leaf keeps SHA-256(salt || value))."""
+
+    __tablename__ = "personal_payloads"
+    idx: Mapped[int] = mapped_column(Index64, primary_key=True, autoincrement=False)
+    field: Mapped[str] = mapped_column(String(64), primary_key=True)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    value: Mapped[str] = mapped_column(String(200), index=True)
+
+
+class SignedHead(Base):
+    """A checkpoint the ledger signed at the end of an append transaction."""
+
+    __tablename__ = "signed_heads"
+    size: Mapped[int] = mapped_column(Index64, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    #: Concatenated roots of the perfect subtrees on the right edge (merkle.TreeFrontier).
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SubjectSetMember(Base):
+    """One pseudonym of a usage record's subject set (erasable; stored once per fingerprint)."""
+
+    __tablename__ = "subject_sets"
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class KeyRotation(Base):
+    """Partner-local mapping of an old pseudonym to the new one after a key rotation (erasable)."""
+
+    __tablename__ = "key_rotations"
+    old_pseudonym: Mapped[str] = mapped_column(String(200), primary_key=True)
+    new_pseudonym: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    old_key_id: Mapped[str] = mapped_column(String(8))
+    new_key_id: Mapped[str] = mapped_column(String(8))
+
+
+def normalise_url(url: str | Path) -> str:
+    """A SQLAlchemy URL from a URL or a path to a SQLite file; Postgres goes through psycopg 3."""
+    text = str(url)
+    if "://" not in text:
+        return f"sqlite:///{Path(text).expanduser().resolve()}"
+    if text.startswith("postgresql://") or text.startswith("postgres://"):
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    return text
+
+
+def make_engine(url: str | Path) -> Engine:
+    """An engine with the transaction behaviour the ledger relies on.
+
+    SQLite: WAL with synchronous=FULL (a committed append survives power loss) and
+    ``BEGIN IMMEDIATE`` for write transactions, so two appenders serialise instead of
+    failing at commit; pysqlite's own implicit transactions are switched off for that.
+    """
+    engine = create_engine(normalise_url(url))
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # type: ignore[no-untyped-def]
+            write = conn.get_execution_options().get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+_STREAM = 20_000
+
+
+def stream_rows(conn: Connection) -> tuple[Iterator[LeafRow], Iterator[tuple[int, bytes]]]:
+    """Entries (with their payloads) and heads, each ordered, streamed for verification.
+
+    Three ordered scans merged in Python instead of a join: a join would repeat the
+    entry per payload and is slower on both engines for a full pass.
+    """
+    e, p, h = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
+    streaming = conn.execution_options(yield_per=_STREAM)
+    entries = streaming.execute(select(e.c.idx, e.c.public_json, e.c.leaf_hash).order_by(e.c.idx))
+    payloads = streaming.execute(select(p.c.idx, p.c.field, p.c.salt, p.c.value).order_by(p.c.idx, p.c.field))
+    heads = streaming.execute(select(h.c.size, h.c.root_hash).order_by(h.c.size))
+
+    def rows() -> Iterator[LeafRow]:
+        pay_iter = iter(payloads)
+        pending = next(pay_iter, None)
+        for idx, public_json, leaf_hash in entries:
+            mine: dict[str, tuple[bytes, str]] = {}
+            while pending is not None and pending[0] <= idx:
+                if pending[0] == idx:
+                    mine[pending[1]] = (pending[2], pending[3])
+                pending = next(pay_iter, None)
+            yield LeafRow(idx, public_json, leaf_hash, mine)
+
+    return rows(), ((size, root) for size, root in heads)

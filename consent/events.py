@@ -1,0 +1,215 @@
+"""What the consent log records: consent receipts, usage records, refusals, key rotations.
+
+Each event becomes one Merkle leaf. The leaf data is the *canonical JSON* (keys sorted,
+no whitespace, UTF-8; equal to RFC 8785 JCS for the strings, integers, arrays and nulls
+events contain) of the event's public fields plus ``"index"`` (its position, so a
+reordered row no longer matches its own leaf) and, for every personal field ``f``, a
+field ``"f_salted_sha256"`` = hex SHA-256(salt || UTF-8 value) with a fresh 32-byte salt.
+The value and salt live in the erasable ``personal_payloads`` table: erasing them leaves
+a leaf that still hashes to what was signed, but from which the value cannot be guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+__all__ = [
+    "ERASED",
+    "PERSONAL_FIELDS",
+    "PseudonymGraph",
+    "ConsentEvent",
+    "KeyRotationEvent",
+    "LedgerEvent",
+    "RefusalEvent",
+    "UsageEvent",
+    "canonical_json",
+    "event_adapter",
+    "from_leaf",
+    "pseudonym_key_id",
+    "salted_hash",
+    "subject_fingerprint",
+    "to_leaf",
+]
+
+#: Stands in for a personal value whose payload was erased.
+ERASED = "<erased>"
+#: ``<key_id>:<hex>``: key id = 8 hex chars of SHA-256 of the partner key, then the HMAC in hex.
+_PSEUDONYM = re.compile(r"^[0-9a-f]{8}:[0-9a-f]{16,128}$")
+SALT_BYTES = 32
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConsentEvent(_Event):
+    """A grant or withdrawal of consent: a consent receipt (Kantara / ISO/IEC TS 27560 spirit)."""
+
+    kind: Literal["consent"] = "consent"
+    receipt_id: str = Field(min_length=1, max_length=200)
+    subject: str = Field(description="Pseudonym `<key_id>:<hex>`; personal, stored salted and erasable.")
+    purpose: str = Field(min_length=1, max_length=200)
+    category: str = Field(min_length=1, max_length=200, description="fideslang data category key")
+    action: Literal["grant", "withdraw"]
+    legal_basis: Literal["consent", "contract", "legitimate_interest"]
+    effective_at: AwareDatetime
+    recorded_at: AwareDatetime
+    source: str = Field(min_length=1, max_length=500)
+    notice_version: str = Field(min_length=1, max_length=100)
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _is_pseudonym(cls, value: str) -> str:
+        if value != ERASED and not _PSEUDONYM.match(value):
+            # Refusing anything but a pseudonym keeps raw customer ids out of the log.
+            raise ValueError("subject must be a pseudonym '<8 hex key id>:<hex HMAC>', never a raw id")
+        return value
+
+    @field_validator("effective_at", "recorded_at", "expires_at")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+class UsageEvent(_Event):
+    """One use of customer data, as the gate let it through."""
+
+    kind: Literal["usage"] = "usage"
+    purpose: str = Field(min_length=1)
+    partner: str = Field(min_length=1)
+    job_id: str = Field(min_length=1)
+    model_version: str = Field(description="`<run_id>:<round>`, empty for non-model uses")
+    stage: str = Field(min_length=1, description="stats | fit | evaluate | score | analytics")
+    at: AwareDatetime = Field(description="consent-as-of time the gate used")
+    tree_size_read: int = Field(ge=0, description="ledger size the gate read consent from")
+    columns: tuple[str, ...]
+    n_subjects: int = Field(ge=0)
+    subject_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
+class RefusalEvent(_Event):
+    """The gate refused a request (no personal data)."""
+
+    kind: Literal["refusal"] = "refusal"
+    purpose: str
+    partner: str
+    job_id: str
+    column: str
+    category: str
+    reason: str
+    at: AwareDatetime
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
+class KeyRotationEvent(_Event):
+    """A partner rotated its pseudonymisation key; the old -> new mapping stays partner-local."""
+
+    kind: Literal["key_rotation"] = "key_rotation"
+    old_key_id: str = Field(pattern=r"^[0-9a-f]{8}$")
+    new_key_id: str = Field(pattern=r"^[0-9a-f]{8}$")
+    mapping_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    at: AwareDatetime
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
+LedgerEvent = Annotated[ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent, Field(discriminator="kind")]
+event_adapter: TypeAdapter[Any] = TypeAdapter(LedgerEvent)
+
+#: Which fields are personal data, per event kind.
+PERSONAL_FIELDS: dict[str, frozenset[str]] = {"consent": frozenset({"subject"})}
+
+
+def pseudonym_key_id(pseudonym: str) -> str:
+    """The key id a pseudonym was made with."""
+    return pseudonym.split(":", 1)[0]
+
+
+def subject_fingerprint(subjects: Iterable[str]) -> str:
+    """SHA-256 hex over the distinct pseudonyms, sorted, joined by newlines."""
+    return hashlib.sha256("\n".join(sorted(set(subjects))).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, non-ASCII kept as UTF-8: the bytes that are hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def salted_hash(salt: bytes, value: str) -> str:
+    """Hex SHA-256(salt || UTF-8 value)."""
+    return hashlib.sha256(salt + value.encode()).hexdigest()
+
+
+def to_leaf(index: int, event: _Event) -> tuple[str, dict[str, tuple[bytes, str]]]:
+    """The public leaf JSON of an event at ``index``, and its personal payloads ``{field: (salt, value)}``."""
+    data = event.model_dump(mode="json")
+    personal: dict[str, tuple[bytes, str]] = {}
+    for name in sorted(PERSONAL_FIELDS.get(data["kind"], ())):
+        value = data.pop(name)
+        salt = secrets.token_bytes(SALT_BYTES)
+        personal[name] = (salt, value)
+        data[f"{name}_salted_sha256"] = salted_hash(salt, value)
+    data["index"] = index
+    return canonical_json(data), personal
+
+
+def from_leaf(public: Mapping[str, Any], payloads: Mapping[str, str]) -> tuple[Any, bool]:
+    """Rebuild an event from its parsed leaf and the payload values still stored.
+
+    Returns the event and whether any personal value was erased (then it reads ``ERASED``).
+    """
+    data = {k: v for k, v in public.items() if k != "index" and not k.endswith("_salted_sha256")}
+    erased = False
+    for name in PERSONAL_FIELDS.get(public.get("kind", ""), ()):
+        if name in payloads:
+            data[name] = payloads[name]
+        else:
+            data[name] = ERASED
+            erased = True
+    return event_adapter.validate_python(data), erased
+
+
+class PseudonymGraph:
+    """Old -> new pseudonym edges from key rotations; resolves a subject's history."""
+
+    def __init__(self, edges: Iterable[tuple[str, str]]) -> None:
+        self._next: dict[str, str] = {}
+        self._adjacent: dict[str, set[str]] = {}
+        for old, new in edges:
+            self._next[old] = new
+            self._adjacent.setdefault(old, set()).add(new)
+            self._adjacent.setdefault(new, set()).add(old)
+
+    def aliases(self, subject: str) -> set[str]:
+        """Every pseudonym connected to ``subject`` (itself included)."""
+        seen, todo = {subject}, [subject]
+        while todo:
+            for other in self._adjacent.get(todo.pop(), ()):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        return seen
+
+    def newest(self, subject: str) -> str:
+        """The pseudonym under the newest key, following old -> new."""
+        seen = {subject}
+        while subject in self._next and self._next[subject] not in seen:
+            subject = self._next[subject]
+            seen.add(subject)
+        return subject

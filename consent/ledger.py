@@ -1,0 +1,449 @@
+"""The consent ledger: an append-only, verifiable log of consent and usage events in SQL.
+
+Every append (or :meth:`Ledger.transaction`) runs in ONE database transaction that
+writes the entries, their erasable personal payloads, and a new signed tree head
+(checkpoint). Reads for the gate and subject requests go through the same object.
+SQLite (embedded) and PostgreSQL (psycopg 3) are both supported; the schema is made
+by the Alembic migrations shipped in ``fedcrm.consent.migrations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, delete, func, insert, inspect, or_, select, text
+
+from fedcrm.consent import checkpoint as cp
+from fedcrm.consent import merkle
+from fedcrm.consent.bundle import LeafRow, VerificationReport, check_log, coerce_trusted
+from fedcrm.consent.db import (
+    KeyRotation,
+    LedgerMeta,
+    LogEntry,
+    PersonalPayload,
+    SignedHead,
+    SubjectSetMember,
+    make_engine,
+    stream_rows,
+)
+from fedcrm.consent.events import (
+    ConsentEvent,
+    KeyRotationEvent,
+    PseudonymGraph,
+    UsageEvent,
+    event_adapter,
+    from_leaf,
+    pseudonym_key_id,
+    to_leaf,
+)
+from fedcrm.errors import CheckpointError, ConsentError, LedgerIntegrityError, LedgerNotFound, SigningKeyError
+
+__all__ = ["Checkpoint", "Ledger", "LedgerTxn", "StoredEvent", "VerificationReport"]
+
+Checkpoint = cp.Checkpoint
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_VERSION_TABLE = "consent_alembic_version"
+_CHUNK = 5000  # IN-list size: below SQLite's and Postgres's bound-parameter limits
+_E, _P, _H = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
+_S, _K, _M = SubjectSetMember.__table__, KeyRotation.__table__, LedgerMeta.__table__
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An entry as read back: the event (personal values ``<erased>`` if erased) and its leaf hash."""
+
+    index: int
+    event: Any
+    erased: bool
+    leaf_hash: bytes
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Programmatic Alembic config: scripts from the package folder, runs on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("version_table", _VERSION_TABLE)
+    config.attributes["connection"] = connection
+    return config
+
+
+class LedgerTxn:
+    """One write transaction: reads see its own appends; the head is signed once, at commit."""
+
+    def __init__(self, ledger: Ledger, conn: Connection) -> None:
+        self._ledger, self._conn = ledger, conn
+        row = conn.execute(select(_H.c.size, _H.c.frontier).order_by(_H.c.size.desc()).limit(1)).one_or_none()
+        if row is None:
+            raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
+        self._frontier = merkle.TreeFrontier.from_bytes(row.size, row.frontier)
+        stored = conn.execute(select(func.count()).select_from(_E)).scalar_one()
+        if stored != row.size:
+            # Never sign over entries nobody signed before (or over a gap).
+            raise LedgerIntegrityError(f"log has {stored} entries but its newest signed head has size {row.size}; run verify")
+        self._dirty = False
+        self.checkpoint: cp.Checkpoint | None = None
+
+    def tree_size(self) -> int:
+        """Entries in the log including this transaction's appends."""
+        return self._frontier.size
+
+    def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentEvent]]:
+        """Consent events with index < ``upto_size`` (see :meth:`Ledger.consent_events`)."""
+        return self._ledger._consent_events(self._conn, upto_size, subjects)
+
+    def append(self, events: Sequence[Any]) -> None:
+        """Append events (models or dicts) in order; nothing is written if one is invalid."""
+        checked = []
+        for pos, ev in enumerate(events):
+            if not isinstance(ev, BaseModel):
+                try:
+                    ev = event_adapter.validate_python(ev)
+                except ValidationError as exc:
+                    raise ConsentError(f"event {pos} of the batch is invalid: {exc}") from exc
+            checked.append(ev)
+        entries, payloads = [], []
+        for ev in checked:
+            idx = self._frontier.size
+            public, personal = to_leaf(idx, ev)
+            leaf = merkle.hash_leaf(public.encode())
+            self._frontier.push(leaf)
+            fingerprint = ev.subject_fingerprint if isinstance(ev, UsageEvent) else None
+            entries.append({"idx": idx, "kind": ev.kind, "public_json": public, "leaf_hash": leaf, "fingerprint": fingerprint})
+            payloads += [{"idx": idx, "field": f, "salt": s, "value": v} for f, (s, v) in personal.items()]
+        if entries:
+            self._conn.execute(insert(_E), entries)
+            self._dirty = True
+        if payloads:
+            self._conn.execute(insert(_P), payloads)
+
+    def store_subject_set(self, fingerprint: str, subjects: Iterable[str]) -> None:
+        """Store who a usage record included, once per fingerprint (erasable rows, outside the tree)."""
+        exists = self._conn.execute(select(_S.c.fingerprint).where(_S.c.fingerprint == fingerprint).limit(1)).first()
+        if exists is None:
+            rows = [{"fingerprint": fingerprint, "subject": s} for s in sorted(set(subjects))]
+            if rows:
+                self._conn.execute(insert(_S), rows)
+
+    def _sign(self) -> None:
+        if not self._dirty:
+            return
+        ledger = self._ledger
+        if ledger._signing_key is None:
+            raise SigningKeyError("this ledger was opened without a signing key; it cannot append")
+        head = cp.sign_checkpoint(ledger.origin, self._frontier.size, self._frontier.root(), ledger._signing_key, ledger.key_name)
+        self._conn.execute(
+            insert(_H).values(
+                size=head.size, root_hash=head.root_hash, note=head.note,
+                frontier=self._frontier.to_bytes(), created_at=datetime.now(UTC),
+            )
+        )
+        self.checkpoint = head
+
+
+class Ledger:
+    """A partner's consent log. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, engine: Any, origin: str, key_name: str, public_key: Any, signing_key: Any) -> None:
+        self._engine = engine
+        self.origin = origin
+        self.key_name = key_name
+        self._public_key = public_key
+        self._signing_key = signing_key
+
+    # --- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, url: str | Path, *, signing_key_path: Path | None = None, origin: str | None = None,
+        public_key_pem: bytes | None = None,
+    ) -> Ledger:
+        """Open (and with a signing key, create or migrate) the ledger at a SQLAlchemy URL or SQLite path.
+
+        Without ``signing_key_path`` the ledger is read-only (verify, export, queries);
+        ``public_key_pem`` then pins the key to verify with (else the stored one is used).
+        """
+        engine = make_engine(url)
+        signing_key = cp.load_signing_key(signing_key_path) if signing_key_path is not None else None
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn, opts={"version_table": _VERSION_TABLE}).get_current_revision()
+            if current is None and signing_key is None:
+                engine.dispose()
+                raise LedgerNotFound(f"{url}: no consent ledger there (no schema); open it with a signing key to create one")
+        head_rev = ScriptDirectory.from_config(alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+        if current != head_rev:
+            with engine.begin() as conn:
+                command.upgrade(alembic_config(conn), "head")
+        with engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
+            meta = dict(conn.execute(select(_M.c.key, _M.c.value)).tuples().all())
+            if not meta:
+                if signing_key is None or not origin:
+                    raise LedgerNotFound(f"{url}: empty ledger; creating one needs a signing key and an origin")
+                meta = {"origin": origin, "key_name": origin, "public_key_pem": cp.public_key_pem(signing_key.public_key()).decode()}
+                conn.execute(insert(_M), [{"key": k, "value": v} for k, v in meta.items()])
+                empty = merkle.TreeFrontier()
+                head = cp.sign_checkpoint(origin, 0, empty.root(), signing_key, origin)
+                conn.execute(insert(_H).values(size=0, root_hash=head.root_hash, note=head.note, frontier=b"", created_at=datetime.now(UTC)))
+        if origin and meta["origin"] != origin:
+            raise ConsentError(f"{url}: ledger origin is {meta['origin']!r}, not {origin!r}")
+        stored_key = cp.load_public_key(meta["public_key_pem"].encode(), f"{url}: stored public key")
+        if signing_key is not None and cp.public_key_pem(signing_key.public_key()) != cp.public_key_pem(stored_key):
+            raise SigningKeyError(f"{signing_key_path}: not the key this ledger ({meta['origin']}) was created with")
+        public_key = cp.load_public_key(public_key_pem, "given public key") if public_key_pem else stored_key
+        return cls(engine, meta["origin"], meta["key_name"], public_key, signing_key)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def public_key_pem(self) -> bytes:
+        """The key checkpoints are verified with (PEM)."""
+        return cp.public_key_pem(self._public_key)
+
+    @property
+    def verifier(self) -> str:
+        """The signed-note verifier string of the key."""
+        return cp.verifier_string(self.key_name, self._public_key)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self._engine.dialect.name)
+
+    # --- writing -----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTxn]:
+        """A write transaction (serialised against other writers); the head is signed at commit."""
+        with self._engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
+            if self.dialect == "postgresql":
+                # One writer at a time: indexes are assigned from the newest head.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('fedcrm.consent.ledger'))"))
+            txn = LedgerTxn(self, conn)
+            yield txn
+            txn._sign()
+
+    def append(self, events: Sequence[Any]) -> cp.Checkpoint:
+        """Append events and sign the new head, all in one transaction; returns the head."""
+        with self.transaction() as txn:
+            txn.append(events)
+        return txn.checkpoint or self.latest_checkpoint()
+
+    def record_key_rotation(self, mapping: dict[str, str], old_key_id: str, new_key_id: str) -> cp.Checkpoint:
+        """Store the partner-local old -> new pseudonym mapping and log the rotation."""
+        for old, new in mapping.items():
+            if pseudonym_key_id(old) != old_key_id or pseudonym_key_id(new) != new_key_id:
+                raise ConsentError(f"mapping {old} -> {new} does not go from key {old_key_id} to key {new_key_id}")
+        lines = "".join(f"{o}\t{n}\n" for o, n in sorted(mapping.items()))
+        event = KeyRotationEvent(
+            old_key_id=old_key_id, new_key_id=new_key_id,
+            mapping_fingerprint=hashlib.sha256(lines.encode()).hexdigest(), at=datetime.now(UTC),
+        )
+        with self.transaction() as txn:
+            rows = [{"old_pseudonym": o, "new_pseudonym": n, "old_key_id": old_key_id, "new_key_id": new_key_id} for o, n in mapping.items()]
+            if rows:
+                txn._conn.execute(insert(_K), rows)
+            txn.append([event])
+        assert txn.checkpoint is not None
+        return txn.checkpoint
+
+    def erase_subject(self, subject: str) -> int:
+        """Right to erasure: delete the subject's payloads, subject-set rows and rotation mappings.
+
+        Covers every pseudonym of the subject across key rotations. The log still
+        verifies (leaves keep only salted hashes). Returns the number of payloads erased.
+        """
+        with self._engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
+            aliases = sorted(self._graph(conn).aliases(subject))
+            erased = 0
+            for chunk in _chunks(aliases):
+                erased += conn.execute(delete(_P).where(_P.c.value.in_(chunk))).rowcount
+                conn.execute(delete(_S).where(_S.c.subject.in_(chunk)))
+                conn.execute(delete(_K).where(or_(_K.c.old_pseudonym.in_(chunk), _K.c.new_pseudonym.in_(chunk))))
+        return erased
+
+    # --- reading -----------------------------------------------------------------------
+
+    def tree_size(self) -> int:
+        """Size of the newest signed head."""
+        return self.latest_checkpoint().size
+
+    def latest_checkpoint(self) -> cp.Checkpoint:
+        """The newest stored signed head (parsed, not verified: use :meth:`verify`)."""
+        with self._engine.connect() as conn:
+            note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
+        if note is None:
+            raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
+        return cp.parse_checkpoint(note)
+
+    def checkpoint_at(self, size: int) -> cp.Checkpoint:
+        """The stored head of exactly ``size`` entries."""
+        with self._engine.connect() as conn:
+            note = conn.execute(select(_H.c.note).where(_H.c.size == size)).scalar_one_or_none()
+        if note is None:
+            raise ConsentError(f"no signed head of size {size} is stored")
+        return cp.parse_checkpoint(note)
+
+    def _stored(self, conn: Connection, where: Any) -> list[StoredEvent]:
+        rows = conn.execute(select(_E.c.idx, _E.c.public_json, _E.c.leaf_hash).where(where).order_by(_E.c.idx)).all()
+        payloads: dict[int, dict[str, str]] = {}
+        idxs = [r.idx for r in rows]
+        for i in range(0, len(idxs), _CHUNK):
+            for p in conn.execute(select(_P.c.idx, _P.c.field, _P.c.value).where(_P.c.idx.in_(idxs[i : i + _CHUNK]))):
+                payloads.setdefault(p.idx, {})[p.field] = p.value
+        out = []
+        for r in rows:
+            event, erased = from_leaf(json.loads(r.public_json), payloads.get(r.idx, {}))
+            out.append(StoredEvent(r.idx, event, erased, r.leaf_hash))
+        return out
+
+    def events(self, start: int = 0, stop: int | None = None) -> list[StoredEvent]:
+        """Entries ``start <= index < stop`` with their events rebuilt."""
+        with self._engine.connect() as conn:
+            where = _E.c.idx >= start if stop is None else (_E.c.idx >= start) & (_E.c.idx < stop)
+            return self._stored(conn, where)
+
+    def public_leaves(self, start: int, stop: int) -> list[str]:
+        """The public leaf data (exactly the hashed text) of ``start <= index < stop``."""
+        with self._engine.connect() as conn:
+            q = select(_E.c.public_json).where((_E.c.idx >= start) & (_E.c.idx < stop)).order_by(_E.c.idx)
+            return list(conn.execute(q).scalars())
+
+    def _graph(self, conn: Connection) -> PseudonymGraph:
+        return PseudonymGraph(conn.execute(select(_K.c.old_pseudonym, _K.c.new_pseudonym)).tuples().all())
+
+    def resolve(self, subject: str) -> list[str]:
+        """Every pseudonym of the subject across key rotations (itself included), sorted."""
+        with self._engine.connect() as conn:
+            return sorted(self._graph(conn).aliases(subject))
+
+    def _consent_events(self, conn: Connection, upto_size: int, subjects: Iterable[str] | None) -> list[tuple[int, ConsentEvent]]:
+        graph = self._graph(conn)
+        base = (
+            select(_E.c.idx, _E.c.public_json, _P.c.value)
+            .join(_P, (_P.c.idx == _E.c.idx) & (_P.c.field == "subject"))
+            .where((_E.c.kind == "consent") & (_E.c.idx < upto_size))
+        )
+        if subjects is None:
+            rows = list(conn.execute(base))
+            as_asked = graph.newest
+        else:
+            wanted = {alias: s for s in set(subjects) for alias in graph.aliases(s)}
+            rows = []
+            for chunk in _chunks(sorted(wanted)):
+                rows += conn.execute(base.where(_P.c.value.in_(chunk))).all()
+            as_asked = wanted.__getitem__
+        out = []
+        for r in sorted(rows, key=lambda r: r.idx):
+            event, _ = from_leaf(json.loads(r.public_json), {"subject": r.value})
+            asked = as_asked(r.value)
+            out.append((r.idx, event if asked == r.value else event.model_copy(update={"subject": asked})))
+        return out
+
+    def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentEvent]]:
+        """Consent events with index < ``upto_size``, erased ones excluded, ordered by index.
+
+        Events recorded under an older pseudonym of a subject (before a key rotation)
+        are returned with ``subject`` set to the pseudonym asked for (or, with
+        ``subjects=None``, to the subject's newest pseudonym).
+        """
+        with self._engine.connect() as conn:
+            return self._consent_events(conn, upto_size, subjects)
+
+    def events_for_subject(self, subject: str) -> list[StoredEvent]:
+        """The consent history of a subject, across key rotations."""
+        with self._engine.connect() as conn:
+            aliases = sorted(self._graph(conn).aliases(subject))
+            idxs: list[int] = []
+            for chunk in _chunks(aliases):
+                idxs += conn.execute(select(_P.c.idx).where((_P.c.field == "subject") & _P.c.value.in_(chunk))).scalars().all()
+            return self._stored(conn, _E.c.idx.in_(sorted(idxs))) if idxs else []
+
+    def uses_including(self, subject: str) -> list[tuple[int, UsageEvent]]:
+        """Usage records whose stored subject set includes the subject (any of its pseudonyms)."""
+        with self._engine.connect() as conn:
+            aliases = sorted(self._graph(conn).aliases(subject))
+            fps: set[str] = set()
+            for chunk in _chunks(aliases):
+                fps.update(conn.execute(select(_S.c.fingerprint).where(_S.c.subject.in_(chunk))).scalars())
+            if not fps:
+                return []
+            stored = self._stored(conn, (_E.c.kind == "usage") & _E.c.fingerprint.in_(sorted(fps)))
+        return [(s.index, s.event) for s in stored]
+
+    # --- proofs and verification ---------------------------------------------------------
+
+    def _subtree(self, conn: Connection) -> merkle.Subtree:
+        def subtree(lo: int, hi: int) -> bytes:
+            q = select(_E.c.leaf_hash).where((_E.c.idx >= lo) & (_E.c.idx < hi)).order_by(_E.c.idx)
+            return merkle.root_of(conn.execution_options(yield_per=10_000).execute(q).scalars())
+
+        return subtree
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` (default: newest head)."""
+        size = self.tree_size() if size is None else size
+        with self._engine.connect() as conn:
+            return merkle.inclusion_proof(index, size, self._subtree(conn))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from ``old_size`` to ``new_size`` (default: newest head)."""
+        new_size = self.tree_size() if new_size is None else new_size
+        with self._engine.connect() as conn:
+            return merkle.consistency_proof(old_size, new_size, self._subtree(conn))
+
+    def verify(self, trusted: cp.Checkpoint | str | None = None) -> VerificationReport:
+        """Check the stored log against its newest signed head (and a trusted head held elsewhere).
+
+        Recomputes every leaf from the stored entry data, every root, and the newest
+        head's signature; names the first bad index. With ``trusted``, also proves the
+        log extends that head (catches a rewrite re-signed with this ledger's key, and
+        truncation below the trusted size).
+        """
+        with self._engine.connect() as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
+            if note is None:
+                return VerificationReport(False, 0, "no signed head is stored", failure="head")
+            try:
+                newest = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
+                trusted_cp = coerce_trusted(trusted, self._public_key, self.key_name, self.origin) if trusted is not None else None
+            except CheckpointError as exc:
+                return VerificationReport(False, 0, str(exc), failure="signature", head_size=0)
+            rows, heads = stream_rows(conn)
+
+            def head_check(size: int) -> str | None:
+                row = conn.execute(select(_H.c.note, _H.c.root_hash).where(_H.c.size == size)).one()
+                try:
+                    head = cp.verify_checkpoint(row.note, self._public_key, self.key_name, origin=self.origin)
+                except CheckpointError as exc:
+                    return f"stored head of size {size} is bad: {exc}"
+                if head.root_hash != row.root_hash or head.size != size:
+                    return f"stored head row of size {size} was altered (its columns disagree with its signed note)"
+                return None
+
+            return check_log(rows, heads, newest, trusted=trusted_cp, head_check=head_check)
