@@ -168,6 +168,9 @@ def verify_checkpoint(note: str, public_key: Ed25519PublicKey, key_name: str, or
             blob = base64.b64decode(blob_b64, validate=True)
         except ValueError as exc:
             raise CheckpointError(f"signature of {name!r} is not base64") from exc
+        if base64.b64encode(blob).decode() != blob_b64:
+            # Non-canonical base64 (e.g. set padding bits) would let the same note exist in many spellings.
+            raise CheckpointError(f"signature of {name!r} is not canonical base64")
         if name != key_name or blob[:4] != expected_hash:
             continue  # another signer (e.g. a witness): not ours to check
         try:
