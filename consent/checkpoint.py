@@ -92,7 +92,7 @@ def verifier_string(name: str, public_key: Ed25519PublicKey) -> str:
 
 def parse_verifier(verifier: str) -> tuple[str, Ed25519PublicKey]:
     """The key name and public key of a verifier string (checks its key hash)."""
-    parts = verifier.strip().split("+")
+    parts = verifier.strip().split("+", 2)  # base64 may itself contain "+"
     if len(parts) != 3:
         raise CheckpointError(f"verifier {verifier!r} is not <name>+<hash>+<key>")
     name, hash_hex, key_b64 = parts

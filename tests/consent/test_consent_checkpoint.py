@@ -70,7 +70,7 @@ def test_other_key_or_origin_fails(key, tmp_path: Path) -> None:
 
 def test_verifier_string_round_trips_and_checks_its_hash(key) -> None:
     verifier = cp.verifier_string(ORIGIN, key.public_key())
-    name, hash_hex, b64 = verifier.split("+")
+    name, hash_hex, b64 = verifier.split("+", 2)
     assert name == ORIGIN and len(hash_hex) == 8 and base64.b64decode(b64)[0] == 1
     name2, pub = cp.parse_verifier(verifier)
     assert name2 == ORIGIN and cp.public_key_pem(pub) == cp.public_key_pem(key.public_key())
