@@ -317,21 +317,34 @@ def evaluate_subjects(
     events = tuple(events)
 
     frame = _frame(events, purpose)
+    keep = frame["eff"].to_numpy() <= at_us
     if tree_size is not None:
-        frame = frame[frame["index"] < tree_size]
-    frame = frame[frame["eff"] <= at_us].sort_values(["eff", "index"], kind="stable")
-    frame["order"] = np.arange(len(frame), dtype=np.int64)
+        keep &= frame["index"].to_numpy() < tree_size
+    frame = frame[keep].sort_values(["eff", "index"], kind="stable")
 
-    wanted = pd.Index(subject_list)
-    allowed = np.ones(len(subject_list), dtype=bool)
+    # Plain numpy over positions: hash lookups once, then no per-subject Python.
+    pos = pd.Index(np.asarray(subject_list, dtype=object)).get_indexer(np.asarray(frame["subject"], dtype=object))
+    mine = pos >= 0
+    pos = pos[mine]
+    order = np.arange(len(frame), dtype=np.int64)[mine]
+    withdraw = frame["withdraw"].to_numpy()[mine]
+    grant_ok = ~withdraw & (np.asarray(frame["basis"], dtype=object)[mine] == basis.key)
+    grant_ok &= frame["exp"].to_numpy()[mine] > at_us
+    codes, uniques = pd.factorize(np.asarray(frame["category"], dtype=object)[mine])
+
+    n = len(subject_list)
+    allowed = np.ones(n, dtype=bool)
     for category in cats:
-        rel = frame[frame["category"].isin(vocab.ancestors(category))]
-        last_w = rel.loc[rel["withdraw"], ["subject", "order"]].groupby("subject")["order"].max()
-        grants = rel[(~rel["withdraw"]) & (rel["basis"] == basis.key) & (rel["exp"] > at_us)]
-        after = grants["order"].to_numpy() > last_w.reindex(grants["subject"]).fillna(-1).to_numpy()
-        regranted = pd.Index(grants.loc[after, "subject"].unique())
-        covered = wanted.isin(regranted)
+        ancestors = set(vocab.ancestors(category))
+        rel = np.isin(codes, [i for i, key in enumerate(uniques) if key in ancestors])
+        last_w = np.full(n, -1, dtype=np.int64)
+        w = rel & withdraw
+        np.maximum.at(last_w, pos[w], order[w])
+        g = rel & grant_ok
+        later = order[g] > last_w[pos[g]]
+        covered = np.zeros(n, dtype=bool)
+        covered[pos[g][later]] = True
         if basis.coverage == "opt_out":
-            covered |= ~wanted.isin(last_w.index)
+            covered |= last_w < 0
         allowed &= covered
     return Coverage(purpose, cats, at, tree_size, subject_list, allowed, events, vocab)
