@@ -1,7 +1,111 @@
-"""`fedcrm client …` commands."""
+"""`fedcrm client …`: the partner data team's commands. No command needs code written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedcrm.errors import FedcrmError
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="The partner config file (TOML or YAML).", exists=False)
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """Print a fedcrm error and return the exit to raise."""
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+def ledger_origin(name: str) -> str:
+    """Origin line of a partner's consent-ledger checkpoints."""
+    return f"fedcrm/{name}"
+
+
+@app.command()
+def init(config: Path = ConfigOpt) -> None:
+    """Create the partner's secret pseudonymisation key (mode 0600) and its consent ledger."""
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.client.pseudonymise import create_key
+    from fedcrm.consent.checkpoint import generate_signing_key
+    from fedcrm.consent.ledger import Ledger
+
+    try:
+        cfg = load_partner_config(config)
+        key_id = create_key(cfg.key_path)
+        if not cfg.ledger_key_path.exists():
+            generate_signing_key(cfg.ledger_key_path)
+        ledger = Ledger.open(cfg.ledger_url, signing_key_path=cfg.ledger_key_path, origin=ledger_origin(cfg.name))
+        head = ledger.latest_checkpoint()
+        ledger.close()
+        cfg.work_path.mkdir(parents=True, exist_ok=True)
+    except FedcrmError as exc:
+        raise fail(exc) from exc
+    console.print(f"[green]partner {cfg.name} initialised[/]")
+    console.print(f"  pseudonymisation key: {cfg.key_path} (id {key_id}, mode 0600 — never share or commit it)")
+    console.print(f"  consent ledger:       {cfg.ledger_url} (size {head.size}, signed by {cfg.ledger_key_path})")
+
+
+@app.command()
+def ingest(
+    config: Path = ConfigOpt,
+    out: Path = typer.Option(None, help="Output directory (default: the partner's work dir)."),
+) -> None:
+    """Read the export in chunks through the declared schema; write the pseudonymised table and rejects."""
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.client.ingest import ingest as run_ingest
+
+    try:
+        cfg = load_partner_config(config)
+        source = cfg.resolve(cfg.source.path)
+        with Progress(TextColumn("[bold]ingest[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task(source.name, total=None)
+            report = run_ingest(cfg, out_dir=out, on_chunk=lambda n: progress.advance(task, n))
+    except FedcrmError as exc:
+        raise fail(exc) from exc
+    table = Table(title=f"Ingested {report.source}")
+    table.add_column("rows read")
+    table.add_column("rows kept")
+    table.add_column("rows rejected")
+    table.add_column("gaps filled")
+    table.add_row(str(report.rows_read), str(report.rows_kept), str(report.rows_rejected),
+                  ", ".join(f"{k}: {v}" for k, v in report.filled_gaps.items()) or "—")
+    console.print(table)
+    for name, path in report.outputs.items():
+        console.print(f"  {name}: {path}")
+
+
+@app.command()
+def status(config: Path = ConfigOpt) -> None:
+    """Show the partner's key, ledger, ingested data and egress journal."""
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.client.ingest import CUSTOMERS_FILE
+    from fedcrm.client.pseudonymise import key_id, load_key
+    from fedcrm.consent.ledger import Ledger
+
+    try:
+        cfg = load_partner_config(config)
+        key = load_key(cfg.key_path)
+        ledger = Ledger.open(cfg.ledger_url)
+        head = ledger.latest_checkpoint()
+        report = ledger.verify()
+        ledger.close()
+    except FedcrmError as exc:
+        raise fail(exc) from exc
+    table = Table(title=f"Partner {cfg.name}", show_header=False)
+    table.add_row("key id", key_id(key))
+    table.add_row("key file mode", oct(cfg.key_path.stat().st_mode & 0o777))
+    table.add_row("consent ledger", f"{cfg.ledger_url} — size {head.size}, verifies: {report.ok}")
+    customers = cfg.work_path / CUSTOMERS_FILE
+    table.add_row("ingested table", str(customers) if customers.exists() else "not ingested yet")
+    journal = cfg.work_path / "egress" / "journal.jsonl"
+    sent = len(journal.read_text().splitlines()) if journal.exists() else 0
+    table.add_row("messages sent (egress journal)", str(sent))
+    console.print(table)

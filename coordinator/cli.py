@@ -1,7 +1,97 @@
-"""`fedcrm coordinator …` commands."""
+"""`fedcrm coordinator …`: the operator's commands."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedcrm.errors import FedcrmError
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def run(
+    partner: list[Path] = typer.Option(..., "--partner", "-p", help="A partner config path (repeat per partner)."),
+    config: Path = typer.Option(None, "--config", help="Run config TOML ([run] table)."),
+    task: Path = typer.Option(None, help="Task-schema file (overrides the run config)."),
+    rounds: int = typer.Option(None, help="Number of training rounds."),
+    aggregation: str = typer.Option(None, help="'secagg' (default) or 'plain' (comparison only)."),
+    strategy: str = typer.Option(None, help="fedavg | fedprox | fedadam | fedyogi | fedavgm"),
+    architecture: str = typer.Option(None, help="mlp | logistic"),
+    seed: int = typer.Option(None),
+    run_id: str = typer.Option(None, help="Run id (default: time stamp + random suffix)."),
+    runs_dir: Path = typer.Option(None, help="Where run directories go (default: FEDCRM_RUNS_DIR or ./runs)."),
+) -> None:
+    """Train a federated model on Flower's simulation engine, secure aggregation on by default."""
+    from fedcrm.coordinator.run_config import load_run_config
+    from fedcrm.coordinator.runner import run_federation
+
+    overrides: dict[str, Any] = {"task": task, "rounds": rounds, "aggregation": aggregation, "strategy": strategy,
+                                 "architecture": architecture, "seed": seed, "run_id": run_id}
+    try:
+        cfg = load_run_config(config, overrides)
+        result = _run_with_progress(cfg, partner, runs_dir)
+    except FedcrmError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    print_rounds(result.rounds)
+    if not result.succeeded:
+        console.print(f"[bold red]run {result.run_id} failed:[/] {result.error}")
+        console.print(f"run directory: {result.run_dir}")
+        raise typer.Exit(2)
+    console.print(f"[green]run {result.run_id} succeeded[/] in {result.wall_s:.1f} s — {result.run_dir}")
+
+
+def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None) -> Any:
+    from fedcrm.coordinator.runner import run_federation
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("starting Flower simulation", total=cfg.rounds)
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event["event"]
+            if kind == "statistics":
+                progress.update(task, description=f"statistics round done ({len(event['partner_rows'])} partners)")
+            elif kind == "round_start":
+                progress.update(task, description=f"round {event['round']}/{cfg.rounds}: training")
+            elif kind == "evaluate":
+                auc = event["federated"].get("roc_auc")
+                progress.update(task, advance=1, description=f"round {event['round']}: ROC AUC "
+                                + (f"{auc:.4f}" if auc is not None else "withheld"))
+
+        return run_federation(cfg, partners, runs_dir=runs_dir, on_event=on_event)
+
+
+def print_rounds(rounds: list[dict[str, Any]]) -> None:
+    """Per-round federated metrics as a table."""
+    table = Table(title="Federated metrics per round (example-weighted over partners' local hold-outs)")
+    for col in ("round", "ROC AUC", "PR AUC", "top-decile lift", "loss", "SecAgg+ stages"):
+        table.add_column(col)
+    for r in rounds:
+        fed = r.get("federated", {})
+        table.add_row(str(r["round"]), *(f"{fed[k]:.4f}" if k in fed else "—"
+                                         for k in ("roc_auc", "pr_auc", "top_decile_lift", "loss")),
+                      f"{len(r.get('secagg_stages', {}))}/4" if r.get("secagg_stages") else "plain")
+    console.print(table)
+
+
+@app.command("runs")
+def list_runs_command(runs_dir: Path = typer.Option(Path("runs"), help="Directory of run directories.")) -> None:
+    """List runs in the registry."""
+    from fedcrm.coordinator.registry import list_runs
+
+    table = Table(title=f"Runs in {runs_dir}")
+    for col in ("run id", "status", "rounds", "final ROC AUC", "error"):
+        table.add_column(col)
+    for r in list_runs(runs_dir):
+        table.add_row(r["run_id"], "ok" if r["succeeded"] else "failed", str(r["rounds"]),
+                      f"{r['roc_auc']:.4f}" if r["roc_auc"] is not None else "—", (r["error"] or "")[:80])
+    console.print(table)

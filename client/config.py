@@ -1,0 +1,217 @@
+"""The partner config: where a partner's export is and what each of its columns means.
+
+A partner's data team writes one TOML (or YAML) file; nothing data-set specific lives in
+code. The file maps the partner's own column names to roles (customer id, label, task
+feature, direct identifier, ignored), to types with parsing options, and to data
+categories (fideslang keys) that the consent gate checks against a purpose.
+Relative paths in the file are relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedcrm.errors import ConfigError
+from fedcrm.protocol import DEFAULT_MIN_COUNT, validation_summary
+
+ColumnRole = Literal["customer_id", "label", "feature", "direct_identifier", "quasi_identifier", "ignore"]
+ColumnType = Literal["string", "numeric", "integer", "categorical", "boolean", "date"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GapRule(_Strict):
+    """A known gap: when `when_column` equals `equals`, a missing value here becomes `value`."""
+
+    when_column: str
+    equals: str | float
+    value: str | float
+
+
+class Generalise(_Strict):
+    """Coarsen a quasi-identifier before use (e.g. exact age → age band)."""
+
+    bins: list[float] = Field(min_length=2)
+    labels: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _labels_match_bins(self) -> Generalise:
+        if self.labels is not None and len(self.labels) != len(self.bins) - 1:
+            raise ValueError(f"generalise: {len(self.bins) - 1} bins need as many labels, got {len(self.labels)}")
+        return self
+
+
+class ColumnSpec(_Strict):
+    """What one source column means."""
+
+    role: ColumnRole
+    type: ColumnType = "string"
+    category: str | None = Field(None, description="fideslang data-category key, e.g. user.financial.billing")
+    feature: str | None = Field(None, description="Task feature this column feeds (default: the column name)")
+    positive: list[str] = Field(default_factory=list, description="Label: local values that mean positive")
+    negative: list[str] = Field(default_factory=list, description="Label: local values that mean negative")
+    true_values: list[str] = Field(default_factory=lambda: ["1", "true", "yes", "y", "t"])
+    false_values: list[str] = Field(default_factory=lambda: ["0", "false", "no", "n", "f"])
+    value_map: dict[str, str] = Field(default_factory=dict, description="Local category value → task vocabulary value")
+    min: float | None = None
+    max: float | None = None
+    required: bool = False
+    gap: GapRule | None = None
+    generalise: Generalise | None = None
+
+    @model_validator(mode="after")
+    def _role_consistency(self) -> ColumnSpec:
+        if self.role in ("feature", "label", "quasi_identifier") and not self.category:
+            raise ValueError(f"a {self.role} column needs a data category")
+        if self.role == "label" and not self.positive:
+            raise ValueError("the label column needs its positive value(s) in 'positive'")
+        return self
+
+
+class SourceSpec(_Strict):
+    """The export file and how to parse it."""
+
+    path: Path
+    format: Literal["csv", "parquet"] | None = None
+    level: Literal["customer", "transaction"] = "customer"
+    delimiter: str = ","
+    decimal: str = "."
+    thousands: str | None = None
+    encoding: str = "utf-8"
+    missing_values: list[str] = Field(default_factory=lambda: ["", "NA", "N/A", "null", "NULL", "NaN"])
+    date_formats: list[str] = Field(default_factory=lambda: ["%Y-%m-%d"])
+    chunk_rows: int = Field(50_000, gt=0)
+    max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    whitespace_delimited: bool = False
+    header: bool = True
+    column_names: list[str] | None = Field(None, description="Names for a file without a header row")
+
+    @property
+    def resolved_format(self) -> str:
+        """File format, from the explicit setting or the extension."""
+        if self.format:
+            return self.format
+        return "parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+class TransactionSpec(_Strict):
+    """How a transaction-level export (one row per purchase) becomes one row per customer."""
+
+    date: str
+    amount: str
+    quantity: str | None = None
+    observation_end: date = Field(description="Last day of the calibration (feature) period")
+    observation_start: date | None = None
+    label_window_end: date | None = Field(None, description="Label = any purchase after observation_end up to this day")
+    time_unit: Literal["D", "W"] = "D"
+    category: str = Field(description="Data category of the derived purchase features")
+
+
+class PrivacySpec(_Strict):
+    """Partner-local privacy settings."""
+
+    min_count: int = Field(DEFAULT_MIN_COUNT, ge=1, description="Minimum distinct customers behind any exported value")
+    key_file: Path = Path("partner.key")
+    ledger: str = Field("consent.db", description="Consent ledger: SQLAlchemy URL or a path to a SQLite file")
+    ledger_key_file: Path = Path("ledger.key")
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Local hold-out share for federated evaluation")
+    egress_journal: Literal["off", "digest", "full"] = Field(
+        "digest", description="Journal of what leaves the partner: digests only, or the full wire bytes"
+    )
+
+
+class PartnerConfig(_Strict):
+    """A partner's whole config file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    source: SourceSpec
+    columns: dict[str, ColumnSpec]
+    transactions: TransactionSpec | None = None
+    privacy: PrivacySpec = PrivacySpec()
+    work_dir: Path = Path("work")
+    config_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_customer_id(self) -> PartnerConfig:
+        ids = [c for c, s in self.columns.items() if s.role == "customer_id"]
+        if len(ids) != 1:
+            raise ValueError(f"exactly one column must have role 'customer_id', found {ids or 'none'}")
+        labels = [c for c, s in self.columns.items() if s.role == "label"]
+        if len(labels) > 1:
+            raise ValueError(f"at most one label column, found {labels}")
+        if self.source.level == "transaction" and self.transactions is None:
+            raise ValueError("source.level = 'transaction' needs a [transactions] table")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory the config file lives in (relative paths resolve against it)."""
+        return self.config_path.parent if self.config_path else Path.cwd()
+
+    def resolve(self, path: Path) -> Path:
+        """Resolve a path from the config against the config file's directory."""
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def customer_id_column(self) -> str:
+        """The source column holding the partner's own customer id."""
+        return next(c for c, s in self.columns.items() if s.role == "customer_id")
+
+    @property
+    def label_column(self) -> str | None:
+        """The source column holding the label, if this partner has one."""
+        return next((c for c, s in self.columns.items() if s.role == "label"), None)
+
+    def feature_columns(self) -> dict[str, str]:
+        """Task feature name → source column, for every column with role 'feature'."""
+        return {(s.feature or c): c for c, s in self.columns.items() if s.role in ("feature", "quasi_identifier")}
+
+    @property
+    def key_path(self) -> Path:
+        """The partner's secret pseudonymisation key file."""
+        return self.resolve(self.privacy.key_file)
+
+    @property
+    def ledger_key_path(self) -> Path:
+        """The Ed25519 key that signs this partner's consent-ledger heads."""
+        return self.resolve(self.privacy.ledger_key_file)
+
+    @property
+    def ledger_url(self) -> str:
+        """SQLAlchemy URL of this partner's consent ledger."""
+        raw = self.privacy.ledger
+        if "://" in raw:
+            return raw
+        return f"sqlite:///{self.resolve(Path(raw)).resolve()}"
+
+    @property
+    def work_path(self) -> Path:
+        """Partner-local working directory (ingested data, rejects, reports)."""
+        return self.resolve(self.work_dir)
+
+
+def load_partner_config(path: Path | str) -> PartnerConfig:
+    """Read and validate a partner config; errors name the file, key and problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: partner config not found") from exc
+    try:
+        raw = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    try:
+        config = PartnerConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid partner config: {validation_summary(exc)}") from exc
+    return config.model_copy(update={"config_path": path.resolve()})

@@ -1,0 +1,184 @@
+"""One partner's side of one federated round, free of Flower.
+
+Everything a partner does when the coordinator asks: check the task schema, load its
+ingested customers, pass them through the consent gate for the round's purpose and
+consent-as-of time, encode features, train or evaluate locally, and return only values
+computed over at least the minimum count of customers. ``client/flower_app.py`` is the
+thin Flower shell around this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedcrm.client.config import PartnerConfig, load_partner_config
+from fedcrm.client.features import Scaling, encode_features, encode_labels
+from fedcrm.client.ingest import LABEL, SUBJECT, load_customers
+from fedcrm.client.stats import local_statistics, require_min_count
+from fedcrm.consent.gate import ConsentedView, UsageContext, gate
+from fedcrm.consent.ledger import Ledger
+from fedcrm.errors import ClippingRangeExceeded, TaskSchemaMismatch
+from fedcrm.logging import get_logger
+from fedcrm.models.nets import build_model
+from fedcrm.models.params import get_arrays, max_abs, set_arrays
+from fedcrm.models.train import TrainConfig, evaluate, train_local
+from fedcrm.protocol import Metric, TaskSchema
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundOrder:
+    """What the coordinator asked for in one round (decoded from the message config)."""
+
+    run_id: str
+    server_round: int
+    stage: str
+    at: datetime
+    schema_hash: str
+
+    @property
+    def model_version(self) -> str:
+        """``<run_id>:<round>`` as recorded in usage records."""
+        return f"{self.run_id}:{self.server_round}"
+
+
+def is_validation_subject(subject: str, fraction: float) -> bool:
+    """Stable local hold-out membership from the pseudonym (same customers every round)."""
+    bucket = int(hashlib.sha256(subject.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < fraction
+
+
+class PartnerSession:
+    """A partner's config, ledger and task for the duration of one message."""
+
+    def __init__(self, config_path: Path | str) -> None:
+        self.config: PartnerConfig = load_partner_config(config_path)
+        self.name = self.config.name
+
+    # -- consent ---------------------------------------------------------------------------
+    def _ledger(self) -> Ledger:
+        return Ledger.open(
+            self.config.ledger_url, signing_key_path=self.config.ledger_key_path, origin=f"fedcrm/{self.name}"
+        )
+
+    def column_categories(self) -> dict[str, str]:
+        """Data category of every column of the ingested table (task feature names, label)."""
+        categories = {}
+        for feature, column in self.config.feature_columns().items():
+            categories[feature] = self.config.columns[column].category or ""
+        if self.config.label_column:
+            categories[LABEL] = self.config.columns[self.config.label_column].category or ""
+        return categories
+
+    def consented(self, task: TaskSchema, order: RoundOrder, columns: list[str]) -> tuple[ConsentedView, str]:
+        """The gate's view of this partner's customers for the task's purpose, plus the ledger head."""
+        frame = load_customers(self.config)
+        ledger = self._ledger()
+        try:
+            view = gate(
+                frame,
+                self.column_categories(),
+                task.purpose,
+                order.at,
+                columns,
+                ledger=ledger,
+                use=UsageContext(
+                    job_id=order.run_id, partner=self.name, model_version=order.model_version, stage=order.stage
+                ),
+            )
+            head = ledger.latest_checkpoint().note
+        finally:
+            ledger.close()
+        return view, head
+
+    def task_columns(self, task: TaskSchema, *, with_label: bool) -> list[str]:
+        """Task features this partner holds (missing ones are encoded as unseen/mean)."""
+        held = set(self.config.feature_columns())
+        cols = [f.name for f in task.features if f.name in held]
+        return cols + ([LABEL] if with_label else [])
+
+    def split(self, frame: pd.DataFrame, *, validation: bool) -> pd.DataFrame:
+        """Training or local hold-out part of a consented frame."""
+        fraction = self.config.privacy.validation_fraction
+        mask = frame[SUBJECT].map(lambda s: is_validation_subject(s, fraction))
+        return frame[mask if validation else ~mask]
+
+    # -- the stages ------------------------------------------------------------------------
+    def statistics(self, task: TaskSchema, order: RoundOrder) -> tuple[dict[str, float], str]:
+        """Statistics-round cells over the training part, with the ledger head."""
+        view, head = self.consented(task, order, self.task_columns(task, with_label=False))
+        train = self.split(view.frame, validation=False)
+        return local_statistics(train, task, min_count=self.config.privacy.min_count, partner=self.name), head
+
+    def fit(
+        self,
+        task: TaskSchema,
+        order: RoundOrder,
+        arrays: list[np.ndarray],
+        scaling: Scaling,
+        train_cfg: TrainConfig,
+        *,
+        architecture: str,
+        max_weight: float,
+        clipping_range: float | None,
+    ) -> tuple[list[np.ndarray], int, dict[str, float | str]]:
+        """Local training from the global weights; returns (arrays, num_examples, metrics)."""
+        view, head = self.consented(task, order, self.task_columns(task, with_label=True))
+        train = self.split(view.frame, validation=False)
+        n = require_min_count(train, self.config.privacy.min_count, self.name, f"training in round {order.server_round}")
+        model = build_model(architecture, task.width)  # type: ignore[arg-type]
+        set_arrays(model, arrays)
+        result = train_local(model, encode_features(train, task, scaling), encode_labels(train, LABEL), train_cfg)
+        out = get_arrays(model)
+        if clipping_range is not None:
+            scaled = max_abs(out) * n / max_weight
+            if scaled > clipping_range:
+                raise ClippingRangeExceeded(
+                    f"partner {self.name}, round {order.server_round}: |parameter| x num_examples / max_weight = "
+                    f"{scaled:.4g} exceeds the SecAgg+ clipping range {clipping_range:g}; refusing to send an update "
+                    "that secure aggregation would silently clip"
+                )
+        metrics: dict[str, float | str] = {Metric.PARTNER: self.name, Metric.LOSS: result.loss, "ledger_checkpoint": head}
+        return out, n, metrics
+
+    def evaluate(
+        self, task: TaskSchema, order: RoundOrder, arrays: list[np.ndarray], scaling: Scaling, *, architecture: str
+    ) -> tuple[float, int, dict[str, float | str]]:
+        """Evaluate the global model on the local hold-out; metrics withheld below the minimum."""
+        view, head = self.consented(task, order, self.task_columns(task, with_label=True))
+        holdout = self.split(view.frame, validation=True)
+        n = require_min_count(holdout, self.config.privacy.min_count, self.name, f"evaluation in round {order.server_round}")
+        model = build_model(architecture, task.width)  # type: ignore[arg-type]
+        set_arrays(model, arrays)
+        y = encode_labels(holdout, LABEL)
+        scores = evaluate(model, encode_features(holdout, task, scaling), y)
+        metrics: dict[str, float | str] = {Metric.PARTNER: self.name, "ledger_checkpoint": head}
+        positives, negatives = int(y.sum()), int(len(y) - y.sum())
+        for name in (Metric.ROC_AUC, Metric.PR_AUC, Metric.TOP_DECILE_LIFT):
+            # Ranking metrics describe both classes: each class must itself meet the minimum count.
+            value = scores[name]
+            if min(positives, negatives) < self.config.privacy.min_count or math.isnan(value):
+                log.info("evaluation metric withheld: a class is below the minimum count", extra={"cell": name})
+                continue
+            metrics[name] = value
+        return scores["loss"], n, metrics
+
+
+def check_schema(task_json: str, expected_hash: str, partner: str) -> TaskSchema:
+    """Parse the task schema sent by the coordinator and check it against the round's hash."""
+    task = TaskSchema.model_validate(json.loads(task_json))
+    actual = task.sha256()
+    if actual != expected_hash:
+        raise TaskSchemaMismatch(
+            f"partner {partner}: task schema hash {actual[:12]}… differs from the round's {expected_hash[:12]}…"
+        )
+    return task

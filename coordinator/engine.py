@@ -1,0 +1,125 @@
+"""The simulation engine: runs one planned federation on Flower's simulation runtime (Ray).
+
+Runs in its own process (``python -m fedcrm.coordinator.engine PLAN PARTNER...``), started
+by :mod:`fedcrm.coordinator.runner` in a new session so that every process it spawns can
+be found and stopped. The ServerApp and ClientApp are loaded by Flower's own app loader
+from module references (the coordinator never imports the client package); each
+partner's config path is placed unread in the run config under
+``partner-config-<partition-id>``, because Flower's simulation node config holds only the
+partition id.
+
+Flower's public ``run_simulation`` passes an empty run config and ``flwr run`` needs a
+separate SuperLink, so this module calls the simulation runtime's ``_run_simulation``
+with an app directory, exactly as Flower's own ``flwr-simulation`` does. That function
+is private: the flwr range in pyproject (``<1.43``) pins the API it relies on, and
+tests/coordinator exercise it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+CLIENT_APP_REF = "fedcrm.client.flower_app:app"
+PLAIN_CLIENT_APP_REF = "fedcrm.client.flower_app:plain_app"
+SERVER_APP_REF = "fedcrm.coordinator.server_app:app"
+
+
+def write_app_dir(run_dir: Path, plan_path: Path, partner_configs: list[Path], client_ref: str) -> Path:
+    """Write the Flower app directory (pyproject with components and run config)."""
+    app_dir = run_dir / "flower_app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Written by fedcrm for one run; Flower reads components and run config from here.",
+        "[project]",
+        'name = "fedcrm-run"',
+        'version = "1.0.0"',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "fedcrm"',
+        "",
+        "[tool.flwr.app.components]",
+        f'serverapp = "{SERVER_APP_REF}"',
+        f'clientapp = "{client_ref}"',
+        "",
+        "[tool.flwr.app.config]",
+        f'fedcrm-plan = "{plan_path}"',
+    ]
+    lines += [f'partner-config-{i} = "{p}"' for i, p in enumerate(partner_configs)]
+    (app_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return app_dir
+
+
+def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
+    """Run the planned federation in this process (Ray is started and stopped here)."""
+    from fedcrm import _offline
+
+    _offline.enforce_offline_environment()
+    from flwr.app import Context, RecordDict
+    from flwr.common import EventType
+    from flwr.simulation.run_simulation import _run_simulation
+
+    from fedcrm.coordinator.run_config import RunPlan
+    from fedcrm.coordinator.server_app import PLAN_KEY
+
+    plan = RunPlan.load(plan_path)
+    client_ref = CLIENT_APP_REF if plan.config.aggregation == "secagg" else PLAIN_CLIENT_APP_REF
+    app_dir = write_app_dir(plan.run_dir, plan_path, partner_configs, client_ref)
+    run_config: dict[str, str] = {PLAN_KEY: str(plan_path)}
+    cpus = max(1, os.cpu_count() or 1)
+    backend_config = {
+        "init_args": {
+            "num_cpus": cpus,
+            "logging_level": "warning",
+            "log_to_driver": False,
+            "include_dashboard": False,
+            "_temp_dir": os.environ["RAY_TMPDIR"],
+        },
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+    # Flower creates the Run itself (run=None); the ServerApp reads its settings from this context.
+    server_context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    _run_simulation(
+        num_supernodes=plan.num_partners,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app_attr=client_ref,
+        server_app_attr=SERVER_APP_REF,
+        backend_name="ray",
+        backend_config=backend_config,  # type: ignore[arg-type]
+        app_dir=str(app_dir),
+        server_app_context=server_context,
+        is_app=True,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Process entry: ``engine PLAN PARTNER_CONFIG...``; exit 0 on success, 2 on a failed run."""
+    from fedcrm.errors import FedcrmError
+
+    plan_path, partners = Path(argv[0]), [Path(p) for p in argv[1:]]
+    try:
+        run_engine(plan_path, partners)
+    except Exception as exc:  # noqa: BLE001 - report the root cause, whatever layer wrapped it
+        cause = _fedcrm_cause(exc, FedcrmError)
+        message = str(cause if cause is not None else exc)
+        print(f"fedcrm: run failed: {message}", file=sys.stderr)
+        (plan_path.parent / "failure.txt").write_text(message + "\n")
+        return 2
+    return 0
+
+
+def _fedcrm_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first fedcrm error in an exception's cause/context chain (Flower wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,113 @@
+"""The model registry: run directories, their manifests, and verified model loading.
+
+One run directory per run holds everything it produced (plan, task schema, events,
+per-round metrics, models, partner heads, report, Ray logs) plus ``manifest.json`` with
+the SHA-256 of every file, so a run can be inspected, compared and audited from its
+files alone, and a model is only ever loaded after its hash checks out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcrm.errors import ModelIntegrityError
+from fedcrm.models.io import load_model_arrays, sha256_file
+
+MANIFEST = "manifest.json"
+SKIP_IN_MANIFEST = {MANIFEST}
+
+
+def rounds_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-round metrics (fit and federated evaluation) from a run's event stream."""
+    rounds: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if e["event"] in ("round_start", "fit", "evaluate", "secagg_stage"):
+            r = rounds.setdefault(int(e["round"]), {"round": int(e["round"]), "secagg_stages": {}})
+            if e["event"] == "round_start":
+                r["consent_as_of"] = e["at"]
+            elif e["event"] == "fit":
+                r["fit"] = e["partners"]
+            elif e["event"] == "evaluate":
+                r["federated"] = {"loss": e["loss"], **e["federated"]}
+                r["evaluate"] = e["partners"]
+            else:
+                r["secagg_stages"][e["stage"]] = e["partners"]
+    return [rounds[k] for k in sorted(rounds)]
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's event stream."""
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def finalise_run_dir(run_dir: Path, *, succeeded: bool, error: str | None, wall_s: float) -> list[dict[str, Any]]:
+    """Write per-round metrics, status, the report and the manifest; returns the rounds."""
+    from fedcrm.coordinator.reports import write_report
+
+    events = read_events(run_dir)
+    rounds = rounds_from_events(events)
+    metrics = run_dir / "metrics"
+    metrics.mkdir(exist_ok=True)
+    (metrics / "rounds.json").write_text(json.dumps(rounds, indent=2))
+    stats = next((e for e in events if e["event"] == "statistics"), None)
+    if stats:
+        (metrics / "statistics.json").write_text(json.dumps(stats, indent=2))
+    status = {"succeeded": succeeded, "error": error, "wall_s": round(wall_s, 2), "rounds_completed": len(
+        [r for r in rounds if "federated" in r])}
+    (run_dir / "status.json").write_text(json.dumps(status, indent=2))
+    write_report(run_dir, rounds, status)
+    write_manifest(run_dir)
+    return rounds
+
+
+def write_manifest(run_dir: Path) -> Path:
+    """SHA-256 of every file in the run directory."""
+    files = {
+        str(p.relative_to(run_dir)): sha256_file(p)
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name not in SKIP_IN_MANIFEST and p.suffix != ".sock"
+    }
+    path = run_dir / MANIFEST
+    path.write_text(json.dumps({"files": files}, indent=2, sort_keys=True))
+    return path
+
+
+def manifest_hash(run_dir: Path, relative: str) -> str:
+    """The SHA-256 the manifest records for one file."""
+    try:
+        files = json.loads((run_dir / MANIFEST).read_text())["files"]
+    except FileNotFoundError as exc:
+        raise ModelIntegrityError(f"{run_dir}: no {MANIFEST}; refusing to trust its files") from exc
+    if relative not in files:
+        raise ModelIntegrityError(f"{run_dir}: {relative} is not in the manifest")
+    return str(files[relative])
+
+
+def load_run_model(run_dir: Path, label: str = "final") -> tuple[list[str], list[np.ndarray], dict[str, Any]]:
+    """A model of a run, after checking both its files against the manifest."""
+    model = run_dir / "model" / f"{label}.safetensors"
+    sidecar = model.with_suffix(".json")
+    if not model.exists():
+        raise ModelIntegrityError(f"{model}: no such model (did the run succeed?)")
+    side_expected = manifest_hash(run_dir, str(sidecar.relative_to(run_dir)))
+    if sha256_file(sidecar) != side_expected:
+        raise ModelIntegrityError(f"{sidecar}: sha256 does not match the manifest")
+    return load_model_arrays(model, manifest_hash(run_dir, str(model.relative_to(run_dir))))
+
+
+def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Summary of every run directory under ``runs_dir`` (newest first)."""
+    out = []
+    for run_dir in sorted((p for p in runs_dir.glob("*") if (p / "plan.json").exists()), reverse=True):
+        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
+        rounds = json.loads((run_dir / "metrics" / "rounds.json").read_text()) if (
+            run_dir / "metrics" / "rounds.json").exists() else []
+        last = rounds[-1].get("federated", {}) if rounds else {}
+        out.append({"run_id": run_dir.name, "succeeded": status.get("succeeded"), "rounds": len(rounds),
+                    "roc_auc": last.get("roc_auc"), "error": status.get("error")})
+    return out
