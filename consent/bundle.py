@@ -207,6 +207,8 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str]]:
     if path.is_dir():
         manifest_text = (path / "bundle.json").read_text(encoding="utf-8")
         manifest = json.loads(manifest_text)
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{path / 'bundle.json'}: not a JSON object")
         if manifest_text != canonical_json(manifest) + "\n":
             raise BundleError(f"{path / 'bundle.json'}: not in canonical form (edited?)")
         leaves_text = (path / "leaves.jsonl").read_text(encoding="utf-8")
@@ -226,10 +228,7 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str]]:
     for name, kind in (("checkpoint", str), ("public_key_pem", str), ("leaves", list)):
         if not isinstance(doc.get(name), kind):
             raise BundleError(f"{path}: field '{name}' is missing or not a {kind.__name__}")
-    manifest = {k: doc.get(k) for k in ("format", "origin", "verifier", "size")}
-    extra = set(doc) - set(manifest) - {"checkpoint", "public_key_pem", "leaves"}
-    if extra:
-        raise BundleError(f"{path}: unexpected field(s) {sorted(extra)}")
+    manifest = {k: v for k, v in doc.items() if k not in ("checkpoint", "public_key_pem", "leaves")}
     if not all(isinstance(x, str) for x in doc["leaves"]):
         raise BundleError(f"{path}: field 'leaves' must hold strings")
     return manifest, doc["checkpoint"], doc["public_key_pem"], doc["leaves"]
@@ -244,6 +243,8 @@ def verify_bundle(path: Path, trusted: cp.Checkpoint | str | None = None, verifi
     path = Path(path)
     try:
         manifest, note, pem, leaves = _read_bundle(path)
+        if set(manifest) != {"format", "origin", "verifier", "size"} or not isinstance(manifest.get("origin"), str):
+            raise BundleError(f"{path}: manifest needs exactly the fields format, origin, verifier, size")
         if manifest.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: field 'format' is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
         key_name, public_key = cp.parse_verifier(str(manifest.get("verifier")))

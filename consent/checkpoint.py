@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -207,7 +207,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         raise SigningKeyError(f"{path}: cannot read signing key ({exc.strerror})") from exc
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"{path}: not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{path}: key is {type(key).__name__}, expected Ed25519")
@@ -223,7 +223,7 @@ def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
     """Parse an Ed25519 public key PEM (``source`` names it in errors)."""
     try:
         key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"{source}: not a PEM public key") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{source}: key is {type(key).__name__}, expected Ed25519")
