@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -138,6 +138,7 @@ class PartnerConfig(_Strict):
     transactions: TransactionSpec | None = None
     privacy: PrivacySpec = PrivacySpec()
     work_dir: Path = Path("work")
+    quality: dict[str, Any] | None = Field(None, description="Data-quality rules (see client/quality.py)")
     config_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
