@@ -129,6 +129,19 @@ def bgnbd_p_alive(fit: BGNBDFit, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> 
     return 1.0 / (1.0 + _death_odds(fit, x, t_x, T))
 
 
+def bgnbd_probability_of_purchase(fit: BGNBDFit, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> FloatArray:
+    """P(at least one purchase in the next ``t`` | x, t_x, T).
+
+    An active customer's rate has the posterior Gamma(r + x, α + T), and dropout can only
+    follow a purchase, so the chance is P(alive) · (1 − ((α+T)/(α+T+t))^(r+x)). Unlike
+    P(alive) alone, this is low for a customer who bought once long ago (BG/NBD keeps
+    such customers "alive" with a small rate).
+    """
+    x, t_x, T = _arrays(x, t_x, T)
+    no_purchase_if_alive = np.exp((fit.r + x) * (np.log(fit.alpha + T) - np.log(fit.alpha + T + t)))
+    return bgnbd_p_alive(fit, x, t_x, T) * (1.0 - no_purchase_if_alive)
+
+
 def bgnbd_expected_purchases(fit: BGNBDFit, t: float) -> float:
     """E[X(t)]: expected repeat purchases of a new customer in (0, t] (eq. 7)."""
     return float(_conditional_numerator(fit, t, np.zeros(1), np.zeros(1))[0])

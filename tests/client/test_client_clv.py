@@ -16,6 +16,7 @@ from fedcrm.client.analytics.clv import (
     bgnbd_expected_purchases,
     bgnbd_log_likelihood,
     bgnbd_p_alive,
+    bgnbd_probability_of_purchase,
     customer_lifetime_value,
     fit_bgnbd,
     fit_gamma_gamma,
@@ -151,11 +152,13 @@ def test_expectations_agree_with_a_monte_carlo_simulation_of_the_process() -> No
     sim = _simulate(fit, 60_000, holdout, seed=11)
     sim["pred"] = bgnbd_conditional_expected_purchases(fit, holdout, sim["x"], sim["t_x"], sim["T"])
     sim["p_alive"] = bgnbd_p_alive(fit, sim["x"], sim["t_x"], sim["T"])
+    sim["p_buy"] = bgnbd_probability_of_purchase(fit, holdout, sim["x"], sim["t_x"], sim["T"])
+    sim["bought"] = sim["y"] > 0
     # E[Y | data] is the conditional mean, so within each x-bucket the residual y − pred has
     # mean zero; its standard error is sd(residual)/√n. Four standard errors make a false
     # failure a ~6e-5 event per check (and the seed is fixed, so the test is deterministic).
     for _, group in sim.groupby(sim["x"].clip(upper=5)):
-        for actual, predicted in (("y", "pred"), ("alive", "p_alive")):
+        for actual, predicted in (("y", "pred"), ("alive", "p_alive"), ("bought", "p_buy")):
             resid = group[actual].astype(float) - group[predicted]
             se = resid.std(ddof=1) / np.sqrt(len(group))
             assert abs(resid.mean()) < 4 * se + 1e-12, (actual, group["x"].iloc[0])
