@@ -45,8 +45,8 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
     """Fit ``model`` on (x, y) in place; returns the mean loss of the last epoch."""
     device = torch.device(cfg.device)
     model.to(device).train()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device)
+    xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
+    yt = torch.from_numpy(np.array(y, dtype=np.float32, copy=True)).to(device)
     global_params = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     optimizer = _optimizer(model, cfg)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -81,7 +81,7 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
 def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Predicted probabilities of the positive class."""
     model.eval()
-    logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    logits = model(torch.from_numpy(np.array(x, dtype=np.float32, copy=True)))
     return torch.sigmoid(logits).numpy().astype(np.float64)
 
 
@@ -89,8 +89,8 @@ def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Log loss plus ROC AUC, PR AUC and top-decile lift on (x, y)."""
     model.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
+    yt = torch.from_numpy(np.array(y, dtype=np.float32, copy=True))
     logits = model(xt)
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, yt))
     scores = torch.sigmoid(logits).numpy().astype(np.float64)
