@@ -1,0 +1,186 @@
+"""Consent API: authorisation matrix, refused requests leave the log untouched, proofs verify, strict bodies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fedcrm.consent import merkle
+from fedcrm.consent.api import create_app
+from fedcrm.consent.gate import UsageContext, gate
+from fedcrm.consent.ledger import Ledger
+from fedcrm.consent.records import make_consent
+from fedcrm.consent.tokens import TokenStore, create_token, list_tokens, revoke_token
+from fedcrm.errors import AuthorizationError, ConfigError
+
+ALICE = "c0ffee00:" + "ab" * 32
+T0 = datetime(2025, 2, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    path = tmp_path / "secrets" / "tokens.json"
+    issued = {role: create_token(path, role, f"{role}-1") for role in ("auditor", "partner-writer", "coordinator")}
+    return path, issued
+
+
+@pytest.fixture
+def client(ledger: Ledger, tokens: tuple[Path, dict[str, str]]) -> Iterator[TestClient]:
+    when = T0 - timedelta(days=3)
+    ledger.append([make_consent(subject=ALICE, purpose="purchase_propensity", category="user.behavior", action="grant",
+                                effective_at=when, recorded_at=when, source="web", notice_version="v1")])
+    with TestClient(create_app(ledger, tokens[0])) as c:
+        yield c
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+CSV = (
+    "subject,purpose,category,action,legal_basis,effective_at,recorded_at,source,notice_version\n"
+    f"{ALICE},churn_prediction,user,withdraw,legitimate_interest,2025-01-20T00:00:00Z,2025-01-20T00:00:00Z,call,v1\n"
+)
+GRANT = {"subject": ALICE, "purpose": "purchase_propensity", "action": "withdraw", "source": "web",
+         "notice_version": "v2", "effective_at": "2025-01-30T00:00:00Z"}
+
+# (method, path, body kwargs, roles that may call it)
+ENDPOINTS = [
+    ("GET", "/heads/latest", {}, {"auditor", "coordinator"}),
+    ("GET", "/proofs/inclusion?index=0&size=1", {}, {"auditor", "coordinator"}),
+    ("GET", "/proofs/consistency?old=0&new=1", {}, {"auditor", "coordinator"}),
+    ("GET", f"/subjects/{ALICE}", {}, {"auditor"}),
+    ("GET", "/report?start=2025-01-01T00:00:00Z&end=2025-03-01T00:00:00Z", {}, {"auditor"}),
+    ("GET", "/verify", {}, {"auditor"}),
+    ("GET", "/events", {}, {"auditor"}),
+    ("POST", "/consents", {"json": GRANT}, {"partner-writer"}),
+    ("POST", "/consents/import", {"content": CSV, "headers": {"Content-Type": "text/csv"}}, {"partner-writer"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), ENDPOINTS, ids=[f"{m} {p.split('?')[0]}" for m, p, _, _ in ENDPOINTS])
+def test_authorisation_matrix(
+    client: TestClient, ledger: Ledger, tokens: tuple[Path, dict[str, str]], method: str, path: str, body: dict, allowed: set[str]
+) -> None:
+    issued = tokens[1]
+    for presented, expected in [
+        (None, 401),
+        ("fcc_not-a-real-token", 401),
+        *[(issued[role], None) for role in ("auditor", "partner-writer", "coordinator")],
+    ]:
+        role = next((r for r, t in issued.items() if t == presented), None)
+        want = expected if expected is not None else (201 if method == "POST" else 200) if role in allowed else 403
+        size = ledger.tree_size()
+        kwargs = dict(body)
+        kwargs["headers"] = {**kwargs.get("headers", {}), **auth(presented)}
+        response = client.request(method, path, **kwargs)
+        assert response.status_code == want, (role, response.text)
+        if want in (401, 403):
+            assert ledger.tree_size() == size, "a refused request must not change the log"
+            assert response.json()["detail"]
+        if want == 401:
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_head_and_proofs_verify_against_the_signed_root(client: TestClient, ledger: Ledger, tokens) -> None:
+    h = auth(tokens[1]["coordinator"])
+    ledger.append([make_consent(subject=ALICE, purpose="churn_prediction", category="user", action="withdraw",
+                                source="t", notice_version="v") for _ in range(4)])
+    head = client.get("/heads/latest", headers=h).json()
+    assert head["size"] == 5 and head["note"].startswith(head["origin"] + "\n5\n")
+    root = base64.b64decode(head["root_hash"])
+    p = client.get("/proofs/inclusion", params={"index": 3, "size": 5}, headers=h).json()
+    merkle.verify_inclusion(3, 5, base64.b64decode(p["leaf_hash"]), [base64.b64decode(x) for x in p["proof"]], root)
+    old_root = ledger.checkpoint_at(1).root_hash
+    c = client.get("/proofs/consistency", params={"old": 1}, headers=h).json()
+    assert c["new"] == 5
+    merkle.verify_consistency(1, 5, old_root, root, [base64.b64decode(x) for x in c["proof"]])
+    bad = client.get("/proofs/inclusion", params={"index": 5, "size": 5}, headers=h)
+    assert bad.status_code == 400 and "index 5" in bad.json()["detail"]
+
+
+def test_grant_and_withdraw_are_recorded_and_answered_per_subject(client: TestClient, ledger: Ledger, tokens) -> None:
+    w = auth(tokens[1]["partner-writer"])
+    r = client.post("/consents", json={**GRANT, "action": "withdraw", "purpose": "churn_prediction"}, headers=w)
+    assert r.status_code == 201
+    body = r.json()
+    assert body["first_index"] == 1 and body["count"] == 4 and body["head"]["size"] == 5  # one per churn category
+    view = gate(
+        __import__("pandas").DataFrame({"subject": [ALICE], "tenure": [3]}), {"tenure": "user.behavior.service_subscription"},
+        "churn_prediction", T0, ["tenure"], ledger=ledger,
+        use=UsageContext(job_id="j", partner="p", model_version="", stage="analytics"),
+    )
+    assert view.subjects == frozenset()
+    s = client.get(f"/subjects/{ALICE}", headers=auth(tokens[1]["auditor"])).json()
+    assert [c["action"] for c in s["consents"]] == ["grant", "withdraw", "withdraw", "withdraw", "withdraw"]
+    report = client.get("/report", params={"start": "2025-01-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"},
+                        headers=auth(tokens[1]["auditor"]))
+    assert report.json()["verification"]["ok"] is True
+    html = client.get("/report", params={"format": "html", "start": "2025-01-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"},
+                      headers=auth(tokens[1]["auditor"]))
+    assert html.headers["content-type"].startswith("text/html") and "does not remove" in html.text
+
+
+def test_bodies_are_strict_and_bad_records_write_nothing(client: TestClient, ledger: Ledger, tokens) -> None:
+    w = auth(tokens[1]["partner-writer"])
+    size = ledger.tree_size()
+    for body, status, needle in [
+        ({**GRANT, "notice_version": 2}, 422, "notice_version"),
+        ({**GRANT, "subject": True}, 422, "subject"),
+        ({**GRANT, "extra": "x"}, 422, "extra"),
+        ({**GRANT, "effective_at": "2025-01-30T00:00:00"}, 422, "effective_at"),
+        ({**GRANT, "purpose": "upselling"}, 422, "unknown purpose 'upselling'"),
+        ({**GRANT, "subject": "C-1234"}, 422, "pseudonym"),
+    ]:
+        r = client.post("/consents", json=body, headers=w)
+        assert r.status_code == status and needle in r.text, r.text
+    bad_csv = CSV.replace("legitimate_interest", "vibes")
+    r = client.post("/consents/import", content=bad_csv, headers={**w, "Content-Type": "text/csv", "X-Filename": "c.csv"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("c.csv, line 2, column 'legal_basis'")
+    assert ledger.tree_size() == size
+
+
+def test_openapi_docs_are_served_and_name_every_resource(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/heads/latest", "/proofs/inclusion", "/proofs/consistency", "/consents", "/consents/import",
+            "/subjects/{pseudonym}", "/report", "/verify", "/events"} <= set(paths)
+
+
+# --- the token file ---------------------------------------------------------------------------
+
+
+def test_tokens_are_stored_hashed_in_a_private_file(tokens: tuple[Path, dict[str, str]]) -> None:
+    path, issued = tokens
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    raw = path.read_text(encoding="utf-8")
+    assert all(secret not in raw for secret in issued.values())
+    assert {t.role for t in list_tokens(path)} == {"auditor", "partner-writer", "coordinator"}
+    store = TokenStore(path)
+    assert store.authenticate(issued["auditor"]).name == "auditor-1"
+    revoke_token(path, "auditor-1")
+    with pytest.raises(AuthorizationError, match="unknown"):
+        store.authenticate(issued["auditor"])
+
+
+def test_token_file_rules(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    create_token(path, "auditor", "a")
+    with pytest.raises(ConfigError, match="already exists"):
+        create_token(path, "auditor", "a")
+    with pytest.raises(ConfigError, match="unknown role 'admin'"):
+        create_token(path, "admin", "b")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        list_tokens(path)
+    path.chmod(0o600)
+    path.write_text(json.dumps({"version": 1, "tokens": [{"name": "x"}]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{path}: tokens.0.role"):
+        list_tokens(path)
