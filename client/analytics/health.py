@@ -22,6 +22,8 @@ ranks of the columns the caller says are good when high (or when low).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,7 +86,7 @@ def health_score(components: pd.DataFrame, weights: HealthWeights | None = None)
 
 
 def health_from_columns(
-    frame: pd.DataFrame, *, higher_is_better: list[str] = (), lower_is_better: list[str] = ()  # type: ignore[assignment]
+    frame: pd.DataFrame, *, higher_is_better: Sequence[str] = (), lower_is_better: Sequence[str] = ()
 ) -> pd.Series:
     """0–100 score as the mean percentile rank of the named columns (customer-level data).
 

@@ -17,6 +17,8 @@ Two outputs with different audiences:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from fedcrm.client.analytics.lifecycle import STAGES, LifecycleThresholds, expec
 from fedcrm.client.analytics.render import render_html
 from fedcrm.client.analytics.rfm import SEGMENT_NAMES, rfm_scores
 from fedcrm.client.analytics.segments import FeatureText, kmeans_segments, prepare_features, profile_segments
-from fedcrm.client.transactions import recent_purchase_days, summarise_transactions, to_day
+from fedcrm.client.transactions import TimeUnit, recent_purchase_days, summarise_transactions, to_day
 from fedcrm.errors import AnalyticsError, MinimumCountNotMet, ModelFitError
 from fedcrm.logging import get_logger
 from fedcrm.protocol import DEFAULT_MIN_COUNT
@@ -67,7 +69,7 @@ def analyse_transactions(
     amount: str,
     quantity: str | None = None,
     observation_end: object,
-    time_unit: str = "D",
+    time_unit: TimeUnit = "D",
     min_count: int = DEFAULT_MIN_COUNT,
     n_segments: int | None = None,
     seed: int = 0,
@@ -87,7 +89,7 @@ def analyse_transactions(
     health = health or HealthWeights()
     summ = summarise_transactions(
         frame, customer=customer, date=date, amount=amount, quantity=quantity,
-        observation_end=observation_end, time_unit=time_unit,  # type: ignore[arg-type]
+        observation_end=observation_end, time_unit=time_unit,
     )
     _check_min_count(len(summ), min_count)
     out = summ.copy()
@@ -141,9 +143,9 @@ def analyse_customers(
     *,
     customer: str,
     numeric: list[str],
-    categorical: list[str] = (),  # type: ignore[assignment]
-    health_higher: list[str] = (),  # type: ignore[assignment]
-    health_lower: list[str] = (),  # type: ignore[assignment]
+    categorical: Sequence[str] = (),
+    health_higher: Sequence[str] = (),
+    health_lower: Sequence[str] = (),
     min_count: int = DEFAULT_MIN_COUNT,
     n_segments: int | None = None,
     seed: int = 0,

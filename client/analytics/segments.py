@@ -15,6 +15,8 @@ most (in standardised units, at least ``min_difference``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +49,7 @@ class Segmentation:
     silhouettes: dict[int, float]
 
 
-def prepare_features(frame: pd.DataFrame, numeric: list[str], categorical: list[str] = ()) -> pd.DataFrame:  # type: ignore[assignment]
+def prepare_features(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str] = ()) -> pd.DataFrame:
     """Log-transform skewed non-negative columns, one-hot categoricals, standardise all."""
     missing = [c for c in (*numeric, *categorical) if c not in frame.columns]
     if missing:
@@ -112,7 +114,7 @@ def profile_segments(
     labels: pd.Series,
     *,
     numeric: list[str],
-    categorical: list[str] = (),  # type: ignore[assignment]
+    categorical: Sequence[str] = (),
     texts: dict[str, FeatureText] | None = None,
     min_count: int,
     max_traits: int = 3,
