@@ -137,3 +137,40 @@ def test_make_consent_defaults_to_the_purposes_legal_basis_and_names_bad_fields(
     with pytest.raises(ConsentImportError, match="^category: unknown data category"):
         make_consent(subject=pseudo("a"), purpose="churn_prediction", category="user.nope", action="withdraw",
                      source="web", notice_version="v1")
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def partner_dir(tmp_path: Path) -> Path:
+    from fedcrm.client.pseudonymise import create_key
+    from fedcrm.consent.checkpoint import generate_signing_key
+
+    d = tmp_path / "partner"
+    generate_signing_key(d / "ledger.key")
+    create_key(d / "partner.key")
+    return d
+
+
+def test_cli_import_is_all_or_nothing_and_pseudonymises_with_the_partner_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedcrm.client.pseudonymise import load_key
+    from fedcrm.consent.cli import app
+
+    d = partner_dir(tmp_path)
+    runner = CliRunner()
+    base = ["--partner-dir", str(d), "--origin", "fedcrm/test-partner"]
+    bad_path = write(tmp_path, bad(GOOD_ROWS[1].replace(",consent,", ",vibes,")))
+    result = runner.invoke(app, ["import", str(bad_path), "--partner-key", str(d / "partner.key"), *base])
+    assert result.exit_code == 1
+    assert "line 3, column 'legal_basis'" in " ".join(result.output.split())
+
+    good_path = write(tmp_path, GOOD_ROWS)
+    result = runner.invoke(app, ["import", str(good_path), "--partner-key", str(d / "partner.key"), *base])
+    assert result.exit_code == 0, result.output
+    assert "imported 3 consent records" in result.output
+    key = load_key(d / "partner.key")
+    with Ledger.open(d / "consent.db") as led:
+        assert led.tree_size() == 3  # the failed import wrote nothing
+        assert led.events()[0].event.subject == pseudonymise("7590-VHVEG", key)

@@ -153,3 +153,45 @@ def test_report_period_must_be_aware_and_non_empty(ledger: Ledger) -> None:
         build_report(ledger, datetime(2025, 1, 1), T0)
     with pytest.raises(ValueError, match="empty"):
         build_report(ledger, T0, T0)
+
+
+def test_cli_subject_by_raw_customer_id_and_report(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedcrm.client.pseudonymise import create_key, load_key, pseudonymise
+    from fedcrm.consent.checkpoint import generate_signing_key
+    from fedcrm.consent.cli import app
+
+    d = tmp_path / "partner"
+    generate_signing_key(d / "ledger.key")
+    create_key(d / "partner.key")
+    key = load_key(d / "partner.key")
+    runner = CliRunner()
+    result = runner.invoke(app, ["withdraw", "--partner-dir", str(d), "--origin", "fedcrm/p", "--customer-id", "C-42",
+                                 "--partner-key", str(d / "partner.key"), "--purpose", "churn_prediction",
+                                 "--category", "user", "--notice-version", "2025-05",
+                                 "--effective-at", "2025-06-01T02:30:00Z"])
+    assert result.exit_code == 0, result.output
+    with Ledger.open(d / "consent.db", signing_key_path=d / "ledger.key") as led:
+        frame = customers().assign(subject=[pseudonymise(f"C-{i}", key) for i in range(12)])
+        frame.loc[5, "subject"] = pseudonymise("C-42", key)
+        for r in (1, 2, 3):
+            gate(frame, SCHEMA, "churn_prediction", round_at(r), COLS, ledger=led,
+                 use=UsageContext(job_id=RUN, partner="p", model_version=f"{RUN}:{r}", stage="fit"))
+
+    out = tmp_path / "answer.json"
+    result = runner.invoke(app, ["subject", "--partner-dir", str(d), "--customer-id", "C-42",
+                                 "--partner-key", str(d / "partner.key"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"excluded from {RUN}:3" in result.output
+    answer = json.loads(out.read_text(encoding="utf-8"))
+    assert answer["subject"] == pseudonymise("C-42", key) and "C-42" not in out.read_text(encoding="utf-8")
+
+    result = runner.invoke(app, ["report", "--partner-dir", str(d), "--out", str(tmp_path / "rep"),
+                                 "--start", "2025-05-01T00:00:00Z", "--end", "2025-07-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "rep" / "consent-audit.json").read_text())["verification"]["ok"] is True
+    assert (tmp_path / "rep" / "consent-audit.html").exists()
+
+    result = runner.invoke(app, ["subject", "--partner-dir", str(d), "--customer-id", "C-42"])
+    assert result.exit_code == 2 and "--partner-key" in result.output
