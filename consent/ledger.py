@@ -93,10 +93,11 @@ class LedgerTxn:
         if row is None:
             raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
         self._frontier = merkle.TreeFrontier.from_bytes(row.size, row.frontier)
-        stored = conn.execute(select(func.count()).select_from(_E)).scalar_one()
-        if stored != row.size:
-            # Never sign over entries nobody signed before (or over a gap).
-            raise LedgerIntegrityError(f"log has {stored} entries but its newest signed head has size {row.size}; run verify")
+        last = conn.execute(select(func.max(_E.c.idx))).scalar_one()
+        if (-1 if last is None else last) != row.size - 1:
+            # Never sign over entries nobody signed before, or on top of a truncated log.
+            # (max, not count: O(log n) per append; gaps inside are verify's job.)
+            raise LedgerIntegrityError(f"log ends at index {last} but its newest signed head has size {row.size}; run verify")
         self._dirty = False
         self.checkpoint: cp.Checkpoint | None = None
 

@@ -1,22 +1,18 @@
-"""Fixtures of the consent-log tests: a ledger on SQLite and on a real PostgreSQL."""
+"""Fixtures of the consent-log tests: a ledger on SQLite and on a real PostgreSQL.
+
+`postgres_server` comes from the `tests.postgres_server` plugin (registered in tests/conftest.py).
+"""
 
 from __future__ import annotations
 
-import sys
 import uuid
-from types import SimpleNamespace
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
-
-try:
-    from tests.postgres_server import postgres_server, postgres_url  # noqa: F401
-except ModuleNotFoundError:  # `pytest` run without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.postgres_server import postgres_server, postgres_url  # noqa: F401
 
 from fedcrm.consent.checkpoint import generate_signing_key
 from fedcrm.consent.events import ConsentEvent, UsageEvent, subject_fingerprint

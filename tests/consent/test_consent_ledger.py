@@ -72,9 +72,9 @@ def test_append_refuses_a_log_that_disagrees_with_its_head(ledger: Ledger, ledge
     ledger.append([make.consent(1), make.consent(2)])
     engine = create_engine(normalise_url(ledger_url))
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM log_entries WHERE idx = 1"))
+        conn.execute(text("DELETE FROM log_entries WHERE idx = 1"))  # the newest entry
     engine.dispose()
-    with pytest.raises(LedgerIntegrityError, match="1 entries but its newest signed head has size 2"):
+    with pytest.raises(LedgerIntegrityError, match="ends at index 0 but its newest signed head has size 2"):
         ledger.append([make.consent(3)])
 
 
