@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from fedcrm.client.config import ColumnSpec, PartnerConfig
 from fedcrm.client.pseudonymise import load_key, pseudonymise_series
+from fedcrm.client.quality_rules import SpellingMaps, apply_spellings, learn_spellings, quality_rules
 from fedcrm.errors import DataValidationError, RejectFractionExceeded
 from fedcrm.logging import get_logger
 
@@ -275,6 +276,10 @@ def ingest(
     All-or-nothing: outputs appear only when the reject fraction is within the limit.
     The rejects file is written either way, so the team can see why rows failed.
     """
+    if config.source.level == "transaction":
+        from fedcrm.client.transaction_ingest import ingest_transactions  # noqa: PLC0415 (it imports this module)
+
+        return ingest_transactions(config, out_dir=out_dir, on_chunk=on_chunk)
     key = load_key(config.key_path)  # refuse before touching customer data
     out_dir = out_dir or config.work_path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +289,9 @@ def ingest(
     tmp_ids = out_dir / f".{ID_MAP_FILE}.tmp"
     writers: dict[str, pq.ParquetWriter] = {}
     seen_ids: dict[str, int] = {}
+    rules = quality_rules(config)
+    # Spelling repair needs each column's canonical spelling first: one extra chunked pass.
+    spellings = learn_spellings(config, rules) if rules.spelling.action != "report" else SpellingMaps()
     try:
         for chunk in iter_raw_chunks(config, source):
             report.rows_read += len(chunk)
@@ -292,6 +300,7 @@ def ingest(
                     f"{config.config_path}: transaction-level exports are ingested with "
                     "fedcrm.client.transaction_ingest"
                 )
+            chunk = apply_spelling_rule(chunk, spellings, rules.spelling.action, report)
             customers, id_map = parse_chunk(chunk, config, key, report, seen_ids)
             report.rows_kept += len(customers)
             _append(writers, "customers", tmp_customers, customers)
@@ -320,6 +329,16 @@ def ingest(
     log.info("ingested", extra={"rows_read": report.rows_read, "rows_kept": report.rows_kept,
                                 "rows_rejected": report.rows_rejected})
     return report
+
+
+def apply_spelling_rule(chunk: pd.DataFrame, spellings: SpellingMaps, action: str,
+                        report: IngestReport) -> pd.DataFrame:
+    """Apply the ``[quality.spelling]`` rule to a raw chunk: repair spellings, or reject their rows."""
+    chunk, rejected = apply_spellings(chunk, spellings, action)
+    if not rejected:
+        return chunk
+    report.rejects.extend(Reject(*r) for r in rejected)
+    return chunk[~chunk["__line__"].isin({r[0] for r in rejected})]
 
 
 def _append(writers: dict[str, pq.ParquetWriter], name: str, path: Path, frame: pd.DataFrame) -> None:
