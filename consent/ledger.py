@@ -56,6 +56,7 @@ Checkpoint = cp.Checkpoint
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _VERSION_TABLE = "consent_alembic_version"
 _CHUNK = 5000  # IN-list size: below SQLite's and Postgres's bound-parameter limits
+_TILE = 256  # smallest cached perfect subtree (leaves) for proofs
 _E, _P, _H = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
 _S, _K, _M = SubjectSetMember.__table__, KeyRotation.__table__, LedgerMeta.__table__
 
@@ -167,6 +168,7 @@ class Ledger:
         self.key_name = key_name
         self._public_key = public_key
         self._signing_key = signing_key
+        self._node_cache: dict[tuple[int, int], bytes] = {}
 
     # --- opening ---------------------------------------------------------------------
 
@@ -398,9 +400,32 @@ class Ledger:
     # --- proofs and verification ---------------------------------------------------------
 
     def _subtree(self, conn: Connection) -> merkle.Subtree:
-        def subtree(lo: int, hi: int) -> bytes:
+        """MTH(D[lo:hi]) from stored leaf hashes, caching perfect subtrees of >= _TILE leaves.
+
+        Entries below a signed head never change, so a perfect subtree's hash can be kept:
+        after the first proof over a range, later proofs read only O(log n) small ranges.
+        """
+        cache = self._node_cache
+
+        def fetch(lo: int, hi: int) -> bytes:
             q = select(_E.c.leaf_hash).where((_E.c.idx >= lo) & (_E.c.idx < hi)).order_by(_E.c.idx)
             return merkle.root_of(conn.execution_options(yield_per=10_000).execute(q).scalars())
+
+        def subtree(lo: int, hi: int) -> bytes:
+            n = hi - lo
+            if n <= _TILE:
+                if n == _TILE:
+                    if (lo, n) not in cache:
+                        cache[(lo, n)] = fetch(lo, hi)
+                    return cache[(lo, n)]
+                return fetch(lo, hi)
+            if n & (n - 1) == 0 and (lo, n) in cache:
+                return cache[(lo, n)]
+            k = 1 << ((n - 1).bit_length() - 1)  # RFC 9162 split: largest power of two < n
+            node = merkle.hash_children(subtree(lo, lo + k), subtree(lo + k, hi))
+            if n & (n - 1) == 0:
+                cache[(lo, n)] = node
+            return node
 
         return subtree
 

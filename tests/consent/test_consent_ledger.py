@@ -156,3 +156,18 @@ def test_reopen_checks_key_and_origin(ledger_url: str, signing_key: Path, tmp_pa
 def test_opening_nothing_without_a_key_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerNotFound, match="no consent ledger"):
         Ledger.open(tmp_path / "nothing.db")
+
+
+def test_proofs_over_cached_subtrees_equal_the_rfc_definition(ledger: Ledger, make) -> None:
+    sizes = []
+    for batch in (1, 300, 255, 700):  # crosses several 256-leaf cached tiles
+        ledger.append([make.consent(n) for n in range(batch)])
+        sizes.append(ledger.tree_size())
+    leaves = [s.leaf_hash for s in ledger.events()]
+    subtree = merkle.subtree_hasher(leaves)
+    for size in sizes:
+        for index in (0, size // 3, size - 1):
+            assert ledger.inclusion_proof(index, size) == merkle.inclusion_proof(index, size, subtree)
+        for old in sizes:
+            if old <= size:
+                assert ledger.consistency_proof(old, size) == merkle.consistency_proof(old, size, subtree)
