@@ -171,3 +171,29 @@ def test_proofs_over_cached_subtrees_equal_the_rfc_definition(ledger: Ledger, ma
         for old in sizes:
             if old <= size:
                 assert ledger.consistency_proof(old, size) == merkle.consistency_proof(old, size, subtree)
+
+
+def test_concurrent_appenders_serialise_into_one_valid_log(ledger_url: str, signing_key: Path, make) -> None:
+    import threading
+
+    ledgers = [Ledger.open(ledger_url, signing_key_path=signing_key, origin=make.origin) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def work(led: Ledger, base: int) -> None:
+        try:
+            for n in range(8):
+                led.append([make.consent(base + n), make.consent(base + n, "withdraw")])
+        except BaseException as exc:  # noqa: BLE001 — surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(led, 100 * i)) for i, led in enumerate(ledgers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    report = ledgers[0].verify()
+    assert report.ok and report.checked_size == 48
+    assert _count(ledger_url, "signed_heads") == 25
+    for led in ledgers:
+        led.close()
