@@ -210,3 +210,33 @@ def test_schema_may_be_any_mapping(ledger: Ledger) -> None:
 
     view = gate(customers(3), MappingProxyType(SCHEMA), "churn_prediction", T0, ["tenure"], ledger=ledger, use=USE)
     assert len(view.subjects) == 3
+
+
+def test_bundled_churn_policy_on_the_real_telco_partner_config_leaves_out_gender(tmp_path) -> None:
+    """Minimum necessary on real data: partner A's Telco export, mapped by its own partner config."""
+    import shutil
+    from pathlib import Path
+
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.client.ingest import load_customers
+    from fedcrm.client.pseudonymise import create_key
+    from fedcrm.consent.checkpoint import generate_signing_key
+
+    source = Path(__file__).resolve().parents[2] / "datasets" / "partners" / "telco" / "iid" / "A"
+    partner = tmp_path / "A"
+    shutil.copytree(source, partner)
+    create_key(partner / "partner.key")
+    generate_signing_key(partner / "ledger.key")
+    config = load_partner_config(partner / "partner.toml")
+    frame = load_customers(config)
+    # The ingested table names columns by task feature; the config maps each to its data category.
+    schema = {feature: config.columns[column].category for feature, column in config.feature_columns().items()}
+    assert schema["gender"] == "user.demographic.gender"
+    features = [c for c in schema if c != "gender"]
+
+    with Ledger.open(config.ledger_url, signing_key_path=partner / "ledger.key", origin="fedcrm/A") as led:
+        view = gate(frame, schema, "churn_prediction", T0, features, ledger=led, use=USE)
+        assert len(view.subjects) == frame["subject"].nunique() and "gender" not in view.frame.columns
+        with pytest.raises(PurposeNotAllowed, match="'gender'.*user.demographic.gender.*churn_prediction"):
+            gate(frame, schema, "churn_prediction", T0, [*features, "gender"], ledger=led, use=USE)
+        assert isinstance(last_event(led), RefusalEvent)
