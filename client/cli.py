@@ -109,3 +109,32 @@ def status(config: Path = ConfigOpt) -> None:
     sent = len(journal.read_text().splitlines()) if journal.exists() else 0
     table.add_row("messages sent (egress journal)", str(sent))
     console.print(table)
+
+
+@app.command()
+def quality(
+    config: Path = ConfigOpt,
+    out: Path = typer.Option(None, help="Output directory (default: the partner's work dir)."),
+) -> None:
+    """Data-quality report of the export: quality.json (local part + exportable part) and quality.html."""
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.client.pseudonymise import load_key
+    from fedcrm.client.quality import assess
+    from fedcrm.client.quality_report import write_quality
+
+    try:
+        cfg = load_partner_config(config)
+        load_key(cfg.key_path)  # refuse before reading customer data
+        report = assess(cfg)
+        json_path, html_path = write_quality(report, out or cfg.work_path)
+    except FedcrmError as exc:
+        raise fail(exc) from exc
+    table = Table(title=f"Data quality of {report.source}")
+    for col in ("finding", "column", "rows", "what ingestion does"):
+        table.add_column(col)
+    for (kind, column), group in sorted(report.groups.items()):
+        table.add_row(kind, column, str(group.count), group.action)
+    console.print(table)
+    console.print(f"rows read {report.rows_read}, reaching training {report.rows_kept}, "
+                  f"rejected {report.rows_rejected}")
+    console.print(f"  report: {json_path}\n  page:   {html_path}")

@@ -316,8 +316,10 @@ def ingest(
     if fraction > config.source.max_reject_fraction:
         for tmp in (tmp_customers, tmp_ids):
             tmp.unlink(missing_ok=True)
+        first = min(report.rejects, key=lambda r: r.line)
         raise RejectFractionExceeded(
-            f"{source}: {report.rows_rejected} of {report.rows_read} rows rejected ({fraction:.1%}), above the "
+            f"{source}: line {first.line}, column '{first.column}': {first.reason}. "
+            f"{report.rows_rejected} of {report.rows_read} rows rejected ({fraction:.1%}), above the "
             f"limit of {config.source.max_reject_fraction:.1%} set in {config.config_path}; nothing was written. "
             f"See {out_dir / REJECTS_FILE} (line, column, reason)."
         )

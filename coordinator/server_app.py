@@ -27,7 +27,7 @@ from fedcrm.coordinator.federated_stats import combine_statistics, partner_rows
 from fedcrm.coordinator.recorder import RunRecorder
 from fedcrm.coordinator.run_config import RunPlan
 from fedcrm.coordinator.secagg import StrictSecAggPlusWorkflow
-from fedcrm.coordinator.strategies import NodeNames, make_strategy
+from fedcrm.coordinator.strategies import NodeNames, make_strategy, short_reason
 from fedcrm.errors import RoundFailed
 from fedcrm.logging import get_logger
 from fedcrm.models.nets import build_model
@@ -156,7 +156,7 @@ class Federation:
         errors: list[str] = []
         for reply in replies:
             if reply.has_error():
-                errors.append(str(reply.error.reason).strip().splitlines()[-1][:300])
+                errors.append(short_reason(str(reply.error.reason)))
                 continue
             answers[reply.metadata.src_node_id] = dict(compat.recorddict_to_getpropertiesres(reply.content).properties)
         missing = set(node_ids) - set(answers)

@@ -22,16 +22,23 @@ from fedcrm.errors import RoundFailed
 NodeNames = dict[int, str]
 
 
+def short_reason(text: str, limit: int = 240) -> str:
+    """First meaningful line of an error text (Flower wraps partner errors in reprs)."""
+    text = text.replace("\\n", "\n").strip()
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line[:limit] + ("…" if len(line) > limit else "")
+
+
 def failure_reasons(failures: list[Any]) -> str:
     """Readable reasons of Flower failures (exceptions or non-OK results)."""
     reasons = []
     for f in failures:
         if isinstance(f, BaseException):
-            reasons.append(str(f).strip().splitlines()[-1][:300] if str(f).strip() else type(f).__name__)
+            reasons.append(short_reason(str(f)) or type(f).__name__)
         else:
             _, res = f
-            reasons.append(f"status {res.status.code}: {res.status.message}"[:300])
-    return "; ".join(reasons)
+            reasons.append(short_reason(f"status {res.status.code}: {res.status.message}"))
+    return "; ".join(dict.fromkeys(reasons))
 
 
 class StrictRounds:

@@ -1,0 +1,239 @@
+"""Local scoring: apply a run's final model to the partner's current customers.
+
+Everything stays at the partner. The model is read from a run directory only after
+three checks: its format cannot execute code when loaded (suffix *and* content), its
+SHA-256 matches the run's manifest, and it was trained for the run's task schema.
+Customers reach the model only through the consent gate, for the task's purpose, and
+the gate records the scoring job in the partner's ledger. The output is keyed by the
+partner's own customer id (from the partner-local id map), which never leaves the
+partner.
+
+Per-customer explanations use **occlusion on the logit**: a feature's contribution is
+``logit(x) - logit(x with that feature encoded as missing)``, where "missing" is exactly
+how the task encoding treats an absent feature everywhere else (numeric: the federated
+mean, boolean: 0, categorical: the ``__unseen__`` slot). One-hot columns of a categorical
+feature are replaced together, so each task feature gets one number. We chose occlusion
+over gradient × input because gradient × input on a one-hot slot measures the distance
+to an all-zero vector no real customer has, while occlusion compares with the model's
+own "don't know" input. The top three features are those that raise the score most.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedcrm.client.config import PartnerConfig, load_partner_config
+from fedcrm.client.features import Scaling, encode_features
+from fedcrm.client.ingest import SUBJECT, load_customers, load_id_map
+from fedcrm.client.partner_session import PartnerSession
+from fedcrm.consent.gate import ConsentedView, UsageContext, gate
+from fedcrm.consent.ledger import Ledger
+from fedcrm.errors import ConfigError, ModelIntegrityError
+from fedcrm.models.nets import build_model
+from fedcrm.models.params import set_arrays
+from fedcrm.models.train import predict_scores
+from fedcrm.protocol import TaskSchema
+
+#: Suffixes of formats whose loaders run code (pickle and the formats built on it).
+UNSAFE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".joblib", ".bin", ".ckpt", ".npy", ".npz"})
+SAFE_SUFFIX = ".safetensors"
+TOP_K = 3
+CUSTOMER_ID = "customer_id"
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a scoring job wrote and recorded."""
+
+    path: Path
+    rows: int
+    n_excluded: int
+    job_id: str
+    model_version: str
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+def check_safe_model_file(path: Path) -> None:
+    """Refuse a model file whose format can execute code when loaded.
+
+    Checked by suffix and by content: a pickle (protocol 2+) starts with ``0x80``, a
+    ``torch.save`` zip with ``PK``; a safetensors file starts with an 8-byte little-endian
+    header length followed by a JSON object.
+    """
+    if path.suffix.lower() in UNSAFE_SUFFIXES:
+        raise ModelIntegrityError(
+            f"{path}: refusing a '{path.suffix}' model: loading it can execute code; only {SAFE_SUFFIX} is accepted"
+        )
+    if path.suffix != SAFE_SUFFIX:
+        raise ModelIntegrityError(f"{path}: refusing a '{path.suffix}' model; only {SAFE_SUFFIX} is accepted")
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise ModelIntegrityError(f"{path}: the content is a pickle/torch archive, not safetensors; refusing to load it")
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
+        raise ModelIntegrityError(f"{path}: not a safetensors file (bad header); refusing to load it")
+
+
+def find_model_file(run_dir: Path, label: str = "final") -> Path:
+    """The run's model file for ``label``, refusing any unsafe format lying there instead."""
+    model_dir = run_dir / "model"
+    candidates = sorted(p for p in model_dir.glob(f"{label}.*") if p.suffix != ".json") if model_dir.is_dir() else []
+    for candidate in candidates:
+        check_safe_model_file(candidate)
+    if not candidates:
+        raise ModelIntegrityError(f"{model_dir / (label + SAFE_SUFFIX)}: no such model (did the run succeed?)")
+    return model_dir / f"{label}{SAFE_SUFFIX}"
+
+
+def load_scoring_model(run_dir: Path, task: TaskSchema):  # noqa: ANN201 - a torch module
+    """The run's final model, after format, manifest-hash and task-schema checks."""
+    from fedcrm.coordinator.registry import load_run_model
+
+    find_model_file(run_dir)
+    _, arrays, meta = load_run_model(run_dir, "final")
+    if meta.get("task_schema_sha256") != task.sha256():
+        raise ModelIntegrityError(
+            f"{run_dir / 'model' / 'final.json'}: model was trained for task schema "
+            f"{str(meta.get('task_schema_sha256'))[:12]}…, not the run's {task.sha256()[:12]}…"
+        )
+    model = build_model(meta["architecture"], int(meta["n_features"]))
+    set_arrays(model, arrays)
+    return model
+
+
+def read_run_task(run_dir: Path) -> TaskSchema:
+    """The task schema the run trained for (``task_schema.json``)."""
+    path = run_dir / "task_schema.json"
+    try:
+        return TaskSchema.model_validate_json(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: not a run directory (no task schema)") from exc
+
+
+def read_run_scaling(run_dir: Path) -> Scaling:
+    """Federated mean/std of numeric features from the run's statistics round."""
+    path = run_dir / "metrics" / "statistics.json"
+    try:
+        stats = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: the run has no federated statistics; was it finalised?") from exc
+    return {name: (float(v[0]), float(v[1])) for name, v in stats["scaling"].items()}
+
+
+# --- scores and explanations -----------------------------------------------------------------
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
+def occlusion_contributions(model, x: np.ndarray, task: TaskSchema, scaling: Scaling) -> np.ndarray:  # noqa: ANN001
+    """Per-row, per-task-feature contribution to the logit (see the module docstring)."""
+    missing = encode_features(pd.DataFrame(index=range(1)), task, scaling)[0]
+    full = _logit(predict_scores(model, x))
+    out = np.zeros((len(x), len(task.features)))
+    start = 0
+    for j, feature in enumerate(task.features):
+        block = slice(start, start + feature.width)
+        occluded = x.copy()
+        occluded[:, block] = missing[block]
+        out[:, j] = full - _logit(predict_scores(model, occluded))
+        start += feature.width
+    return out
+
+
+def deciles(scores: np.ndarray) -> np.ndarray:
+    """Decile by rank, 1 = the highest-scoring 10%; sizes differ by at most one."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[order] = np.arange(len(scores))
+    return (ranks * 10) // max(len(scores), 1) + 1
+
+
+def score_table(view: ConsentedView, model, task: TaskSchema, scaling: Scaling) -> pd.DataFrame:  # noqa: ANN001
+    """Score, decile and top contributing features for every subject in a consented view."""
+    if not isinstance(view, ConsentedView):
+        raise TypeError(f"score_table takes a ConsentedView from the consent gate, not {type(view).__name__}")
+    frame = view.frame
+    x = encode_features(frame, task, scaling)
+    scores = predict_scores(model, x)
+    contributions = occlusion_contributions(model, x, task, scaling)
+    names = np.array([f.name for f in task.features])
+    top = np.argsort(-contributions, axis=1, kind="stable")[:, :TOP_K]
+    table = pd.DataFrame({SUBJECT: frame[SUBJECT].to_numpy(), "score": scores, "decile": deciles(scores)})
+    for k in range(min(TOP_K, len(names))):
+        table[f"top_feature_{k + 1}"] = names[top[:, k]]
+        table[f"top_contribution_{k + 1}"] = contributions[np.arange(len(x)), top[:, k]]
+    return table
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+def _consented(config: PartnerConfig, task: TaskSchema, use: UsageContext, at: datetime) -> ConsentedView:
+    session = PartnerSession(config.config_path or Path())
+    ledger = Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path, origin=f"fedcrm/{config.name}")
+    try:
+        return gate(load_customers(config), session.column_categories(), task.purpose, at,
+                    session.task_columns(task, with_label=False), ledger=ledger, use=use)
+    finally:
+        ledger.close()
+
+
+def _write(table: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".parquet":
+        table.to_parquet(tmp, index=False)
+    else:
+        table.to_csv(tmp, index=False)
+    os.replace(tmp, out)  # never leave half a score file behind
+
+
+def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, at: datetime | None = None) -> ScoreResult:
+    """Score the partner's consented customers with a run's final model and write the table.
+
+    Parameters
+    ----------
+    config_path
+        The partner config (its key, ledger and ingested data are used).
+    run_dir
+        A finished run directory (manifest, task schema, statistics, final model).
+    out
+        ``.csv`` or ``.parquet`` output (default: ``<work_dir>/scores/<run_id>.csv``).
+    at
+        Consent-as-of time (default: now).
+    """
+    config = load_partner_config(config_path)
+    run_dir = Path(run_dir).resolve()
+    out = Path(out) if out is not None else config.work_path / "scores" / f"{run_dir.name}.csv"
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"{out}: scores are written as {' or '.join(OUTPUT_SUFFIXES)}")
+    task = read_run_task(run_dir)
+    scaling = read_run_scaling(run_dir)
+    model = load_scoring_model(run_dir, task)  # before any customer data is touched
+    at = at or datetime.now(UTC)
+    use = UsageContext(job_id=f"score-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}", partner=config.name,
+                       model_version=f"{run_dir.name}:final", stage="score")
+    view = _consented(config, task, use, at)
+    table = score_table(view, model, task, scaling)
+    ids = load_id_map(config).drop_duplicates(SUBJECT)
+    keyed = table.merge(ids, on=SUBJECT, how="left", validate="many_to_one")
+    if keyed[CUSTOMER_ID].isna().any():
+        raise ConfigError(f"{config.work_path}: id map lacks pseudonyms of consented customers; re-run ingestion")
+    keyed = keyed[[CUSTOMER_ID, *[c for c in table.columns if c != SUBJECT]]]
+    _write(keyed.sort_values("score", ascending=False, kind="stable").reset_index(drop=True), out)
+    return ScoreResult(out, len(keyed), view.n_excluded, use.job_id, use.model_version)
