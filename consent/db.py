@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -44,6 +48,7 @@ __all__ = [
     "make_engine",
     "normalise_url",
     "stream_rows",
+    "upgrade_schema",
 ]
 
 # On SQLite an INTEGER primary key is the rowid: ordered scans and appends are fastest.
@@ -185,3 +190,28 @@ def stream_rows(conn: Connection) -> tuple[Iterator[LeafRow], Iterator[tuple[int
             yield LeafRow(idx, public_json, leaf_hash, mine)
 
     return rows(), ((size, root) for size, root in heads)
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "consent_alembic_version"  # our own name: the database may host other Alembic histories
+
+
+def alembic_config(connection: Connection | None) -> Config:
+    """Programmatic Alembic config: scripts from the package folder, run on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("version_table", VERSION_TABLE)
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(engine: Engine, *, create: bool) -> bool:
+    """Bring the schema to the newest migration; False if there is none and ``create`` is off."""
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    if current is None and not create:
+        return False
+    if current != ScriptDirectory.from_config(alembic_config(None)).get_current_head():
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+    return True

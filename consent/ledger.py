@@ -18,10 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, delete, func, insert, inspect, or_, select, text
 
@@ -37,6 +33,7 @@ from fedcrm.consent.db import (
     SubjectSetMember,
     make_engine,
     stream_rows,
+    upgrade_schema,
 )
 from fedcrm.consent.events import (
     ConsentEvent,
@@ -53,10 +50,7 @@ from fedcrm.errors import CheckpointError, ConsentError, LedgerIntegrityError, L
 __all__ = ["Checkpoint", "Ledger", "LedgerTxn", "StoredEvent", "VerificationReport"]
 
 Checkpoint = cp.Checkpoint
-_MIGRATIONS = Path(__file__).parent / "migrations"
-_VERSION_TABLE = "consent_alembic_version"
 _CHUNK = 5000  # IN-list size: below SQLite's and Postgres's bound-parameter limits
-_TILE = 256  # smallest cached perfect subtree (leaves) for proofs
 _E, _P, _H = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
 _S, _K, _M = SubjectSetMember.__table__, KeyRotation.__table__, LedgerMeta.__table__
 
@@ -74,15 +68,6 @@ class StoredEvent:
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
-
-
-def alembic_config(connection: Connection) -> Config:
-    """Programmatic Alembic config: scripts from the package folder, runs on ``connection``."""
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.set_main_option("version_table", _VERSION_TABLE)
-    config.attributes["connection"] = connection
-    return config
 
 
 class LedgerTxn:
@@ -184,15 +169,9 @@ class Ledger:
         """
         engine = make_engine(url)
         signing_key = cp.load_signing_key(signing_key_path) if signing_key_path is not None else None
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn, opts={"version_table": _VERSION_TABLE}).get_current_revision()
-            if current is None and signing_key is None:
-                engine.dispose()
-                raise LedgerNotFound(f"{url}: no consent ledger there (no schema); open it with a signing key to create one")
-        head_rev = ScriptDirectory.from_config(alembic_config(None)).get_current_head()  # type: ignore[arg-type]
-        if current != head_rev:
-            with engine.begin() as conn:
-                command.upgrade(alembic_config(conn), "head")
+        if not upgrade_schema(engine, create=signing_key is not None):
+            engine.dispose()
+            raise LedgerNotFound(f"{url}: no consent ledger there (no schema); open it with a signing key to create one")
         with engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
             meta = dict(conn.execute(select(_M.c.key, _M.c.value)).tuples().all())
             if not meta:
@@ -400,34 +379,12 @@ class Ledger:
     # --- proofs and verification ---------------------------------------------------------
 
     def _subtree(self, conn: Connection) -> merkle.Subtree:
-        """MTH(D[lo:hi]) from stored leaf hashes, caching perfect subtrees of >= _TILE leaves.
-
-        Entries below a signed head never change, so a perfect subtree's hash can be kept:
-        after the first proof over a range, later proofs read only O(log n) small ranges.
-        """
-        cache = self._node_cache
-
         def fetch(lo: int, hi: int) -> bytes:
             q = select(_E.c.leaf_hash).where((_E.c.idx >= lo) & (_E.c.idx < hi)).order_by(_E.c.idx)
             return merkle.root_of(conn.execution_options(yield_per=10_000).execute(q).scalars())
 
-        def subtree(lo: int, hi: int) -> bytes:
-            n = hi - lo
-            if n <= _TILE:
-                if n == _TILE:
-                    if (lo, n) not in cache:
-                        cache[(lo, n)] = fetch(lo, hi)
-                    return cache[(lo, n)]
-                return fetch(lo, hi)
-            if n & (n - 1) == 0 and (lo, n) in cache:
-                return cache[(lo, n)]
-            k = 1 << ((n - 1).bit_length() - 1)  # RFC 9162 split: largest power of two < n
-            node = merkle.hash_children(subtree(lo, lo + k), subtree(lo + k, hi))
-            if n & (n - 1) == 0:
-                cache[(lo, n)] = node
-            return node
-
-        return subtree
+        # Entries below a signed head never change, so perfect subtrees can be cached across proofs.
+        return merkle.cached_subtree(fetch, self._node_cache)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` (default: newest head)."""

@@ -26,6 +26,7 @@ __all__ = [
     "LEAF_PREFIX",
     "NODE_PREFIX",
     "TreeFrontier",
+    "cached_subtree",
     "consistency_proof",
     "empty_root",
     "hash_children",
@@ -143,6 +144,32 @@ def subtree_hasher(leaf_hashes: Sequence[bytes]) -> Subtree:
         for i in range(lo, hi):
             frontier.push(leaf_hashes[i])
         return frontier.root()
+
+    return subtree
+
+
+def cached_subtree(fetch: Subtree, cache: dict[tuple[int, int], bytes], tile: int = 256) -> Subtree:
+    """A ``subtree(lo, hi)`` that splits ranges per RFC 9162 §2.1.1 and caches perfect subtrees.
+
+    ``fetch(lo, hi)`` computes MTH(D[lo:hi]) from storage for ranges of at most ``tile``
+    leaves; perfect subtrees of ``tile`` leaves and up are kept in ``cache`` (keyed by
+    start and size). Only valid while those leaves cannot change, as in an append-only
+    log: after the first proof over a range, later proofs read only O(log n) short ranges.
+    """
+
+    def subtree(lo: int, hi: int) -> bytes:
+        n = hi - lo
+        perfect = n & (n - 1) == 0
+        if perfect and (lo, n) in cache:
+            return cache[(lo, n)]
+        if n <= tile:
+            node = fetch(lo, hi)
+        else:
+            k = _split(n)
+            node = hash_children(subtree(lo, lo + k), subtree(lo + k, hi))
+        if perfect and n >= tile:
+            cache[(lo, n)] = node
+        return node
 
     return subtree
 

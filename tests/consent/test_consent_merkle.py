@@ -132,3 +132,21 @@ def test_every_generated_proof_verifies_and_matches_pymerkle_roots(size: int, dr
     root, old_root = _pymerkle_root(data), _pymerkle_root(data[:old])
     merkle.verify_inclusion(index, size, leaves[index], merkle.inclusion_proof(index, size, subtree), root)
     merkle.verify_consistency(old, size, old_root, root, merkle.consistency_proof(old, size, subtree))
+
+
+def test_cached_subtrees_give_the_same_proofs_and_skip_storage_reads() -> None:
+    leaves = [merkle.hash_leaf(i.to_bytes(4, "big")) for i in range(1500)]
+    plain = merkle.subtree_hasher(leaves)
+    reads: list[tuple[int, int]] = []
+
+    def fetch(lo: int, hi: int) -> bytes:
+        reads.append((lo, hi))
+        return plain(lo, hi)
+
+    cached = merkle.cached_subtree(fetch, {}, tile=64)
+    assert merkle.inclusion_proof(700, 1500, cached) == merkle.inclusion_proof(700, 1500, plain)
+    first = len(reads)
+    assert merkle.inclusion_proof(12, 1500, cached) == merkle.inclusion_proof(12, 1500, plain)
+    assert merkle.consistency_proof(1024, 1500, cached) == merkle.consistency_proof(1024, 1500, plain)
+    assert all(hi - lo <= 64 for lo, hi in reads)
+    assert len(reads) - first < first / 3
