@@ -190,7 +190,8 @@ def inclusion_proof(
     if index >= size or size > ledger.tree_size():
         raise ConsentError(f"index {index} is not in a tree of size {size} (log size {ledger.tree_size()})")
     leaf = ledger.events(index, index + 1)[0].leaf_hash
-    return InclusionProof(index=index, size=size, leaf_hash=_b64(leaf), proof=[_b64(h) for h in ledger.inclusion_proof(index, size)])
+    proof = [_b64(h) for h in ledger.inclusion_proof(index, size)]
+    return InclusionProof(index=index, size=size, leaf_hash=_b64(leaf), proof=proof)
 
 
 @proofs.get("/consistency", dependencies=[Reader])

@@ -276,8 +276,10 @@ def report(
         raise _fail(str(exc)) from None
     json_path, html_path = write_report(audit, out)
     table = Table(title=f"Consent audit {begin.isoformat()} – {stop.isoformat()}", show_header=False)
-    table.add_row("log verifies", "[bold green]yes[/]" if audit.verification.ok else f"[bold red]NO[/] ({audit.verification.message})")
-    table.add_row("grants / withdrawals", f"{sum(c.grants for c in audit.consents)} / {sum(c.withdrawals for c in audit.consents)}")
+    verified = "[bold green]yes[/]" if audit.verification.ok else f"[bold red]NO[/] ({audit.verification.message})"
+    table.add_row("log verifies", verified)
+    grants, withdrawals = sum(c.grants for c in audit.consents), sum(c.withdrawals for c in audit.consents)
+    table.add_row("grants / withdrawals", f"{grants} / {withdrawals}")
     table.add_row("uses", str(len(audit.uses)))
     table.add_row("refusals", str(len(audit.refusals)))
     table.add_row("written", f"{json_path}\n{html_path}")
@@ -288,8 +290,12 @@ def report(
 
 @app.command()
 def serve(
-    tokens: Annotated[Path, typer.Option("--tokens", dir_okay=False, help="Token file (create with `consent token create`).")],
-    host: Annotated[str, typer.Option("--host", help="Interface to bind; keep it on loopback behind a TLS proxy.")] = "127.0.0.1",
+    tokens: Annotated[
+        Path, typer.Option("--tokens", dir_okay=False, help="Token file (create with `consent token create`).")
+    ],
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind; keep it on loopback behind a TLS proxy.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8765,
     ledger: LedgerOpt = None,
     signing_key: SigningKeyOpt = None,

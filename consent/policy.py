@@ -217,21 +217,18 @@ def evaluate(
                 None,
             )
         w_index, w = last_w[1], last_w[2]
-        return decide(
-            False, Rule.OPT_OUT_WITHDRAWN, f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}", w_index
-        )
+        why = f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}"
+        return decide(False, Rule.OPT_OUT_WITHDRAWN, why, w_index)
     if grants:
         _, g_index, g = grants[-1]
         assert g.expires_at is not None
         return decide(False, Rule.OPT_IN_EXPIRED, f"grant #{g_index} expired at {g.expires_at.isoformat()}", g_index)
     if last_w is not None:
         w_index, w = last_w[1], last_w[2]
-        return decide(
-            False, Rule.OPT_IN_WITHDRAWN, f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}", w_index
-        )
-    return decide(
-        False, Rule.OPT_IN_NO_GRANT, f"no grant under '{basis.key}' in force; legal basis '{basis.key}' needs opt-in", None
-    )
+        why = f"withdrawn by #{w_index} ({w.category}) effective {w.effective_at.isoformat()}"
+        return decide(False, Rule.OPT_IN_WITHDRAWN, why, w_index)
+    why = f"no grant under '{basis.key}' in force; legal basis '{basis.key}' needs opt-in"
+    return decide(False, Rule.OPT_IN_NO_GRANT, why, None)
 
 
 @dataclass(frozen=True)

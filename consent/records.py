@@ -211,7 +211,8 @@ def parse_consents(
     reader.fieldnames = header
     unknown = [h for h in header if h not in CSV_COLUMNS]
     if unknown:
-        raise ConsentImportError(f"{name}, line 1, column '{unknown[0]}': unknown column (allowed: {', '.join(CSV_COLUMNS)})")
+        allowed = ", ".join(CSV_COLUMNS)
+        raise ConsentImportError(f"{name}, line 1, column '{unknown[0]}': unknown column (allowed: {allowed})")
     ids = [h for h in ("subject", "customer_id") if h in header]
     if len(ids) != 1:
         raise ConsentImportError(f"{name}, line 1: the header needs exactly one of 'subject' or 'customer_id'")

@@ -118,9 +118,8 @@ def _job(job_id: str, all_uses: Sequence[tuple[int, UsageEvent]], included: set[
         if u.stage == "fit" and r is not None:
             fit_rounds[r] = fit_rounds.get(r, False) or i in included
     ordered = sorted(fit_rounds)
-    excluded = tuple(
-        f"{job_id}:{cur}" for prev, cur in zip(ordered, ordered[1:], strict=False) if fit_rounds[prev] and not fit_rounds[cur]
-    )
+    pairs = zip(ordered, ordered[1:], strict=False)
+    excluded = tuple(f"{job_id}:{cur}" for prev, cur in pairs if fit_rounds[prev] and not fit_rounds[cur])
 
     derived: tuple[str, ...] = ()
     lines: list[str] = [f"included in {v}" for v in versions]
