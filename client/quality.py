@@ -102,9 +102,10 @@ class QualityReport:
 
 
 class _Collector:
-    def __init__(self, report: QualityReport, examples: int) -> None:
+    def __init__(self, report: QualityReport, examples: int, id_column: str) -> None:
         self.report = report
         self.examples = examples
+        self.id_column = id_column
 
     def add(self, kind: str, column: str, mask: pd.Series, chunk: pd.DataFrame, hashes: np.ndarray,
             action: str, detail: Iterable[str] | str | None = None) -> None:
@@ -118,7 +119,8 @@ class _Collector:
         group.id_hashes.append(hashes[idx])
         room = self.examples - len(group.examples)
         if room > 0:
-            values = chunk[column].to_numpy()[idx[:room]] if column in chunk else [""] * min(room, len(idx))
+            shown = self.id_column if column == ROW else column  # whole-row findings show the row's id
+            values = chunk[shown].to_numpy()[idx[:room]] if shown in chunk else [""] * min(room, len(idx))
             details = [detail] * len(idx) if detail is None or isinstance(detail, str) else list(detail)
             for line, value, text in zip(lines[:room], values, details[:room], strict=False):
                 group.examples.append({"line": int(line), "column": column, "value": str(value),
@@ -133,7 +135,7 @@ def assess(config: PartnerConfig, *, rules: QualityRules | None = None) -> Quali
     report = QualityReport(config.name, source, rules, config.privacy.min_count)
     spellings = learn_spellings(config, rules)
     report.skipped_columns = spellings.skipped
-    out = _Collector(report, rules.examples)
+    out = _Collector(report, rules.examples, config.customer_id_column)
     state = _State()
     ingest_view = IngestReport(source=source)
     seen_ids: dict[str, int] = {}

@@ -16,9 +16,9 @@ from fedcrm.client.ingest import REJECTS_FILE, ingest
 from fedcrm.client.pseudonymise import create_key
 from fedcrm.client.quality import (
     BAD_DATE, DATE_FORMAT, EXACT_DUPLICATE, ID_CONFLICT, MISSING, NEAR_DUPLICATE, NOT_A_BOOLEAN, NOT_A_NUMBER,
-    NOT_AN_INTEGER, OUT_OF_RANGE, ROW, SPELLING, THOUSANDS, UNKNOWN_LABEL, assess,
+    NOT_AN_INTEGER, OUT_OF_RANGE, ROW, SPELLING, THOUSANDS, UNKNOWN_LABEL, QualityReport, assess,
 )
-from fedcrm.client.quality_report import export_part, render_html, report_json, withhold
+from fedcrm.client.quality_report import render_html, report_json, withhold
 
 HEADER = "cust_id,plan,active,spend,visits,joined,churned"
 
@@ -103,8 +103,14 @@ def messy(tmp_path: Path) -> Path:
     return make_partner(tmp_path, rows)
 
 
-def test_each_defect_kind_is_found_at_its_line_and_column_only(messy: Path) -> None:
-    report = assess(load_partner_config(messy))
+@pytest.fixture(scope="module")
+def messy_report(tmp_path_factory: pytest.TempPathFactory) -> QualityReport:
+    rows = [normal_row(i) for i in range(20)] + [DEFECTS[line][2] for line in sorted(DEFECTS)]
+    return assess(load_partner_config(make_partner(tmp_path_factory.mktemp("messy"), rows)))
+
+
+def test_each_defect_kind_is_found_at_its_line_and_column_only(messy_report: QualityReport) -> None:
+    report = messy_report
     expected: dict[tuple[str, str], set[int]] = {}
     for line, (kind, column, _) in DEFECTS.items():
         expected.setdefault((kind, column), set()).add(line)
@@ -113,8 +119,8 @@ def test_each_defect_kind_is_found_at_its_line_and_column_only(messy: Path) -> N
     assert report.rows_read == 35
 
 
-def test_findings_name_the_first_line_and_what_ingestion_does(messy: Path) -> None:
-    report = assess(load_partner_config(messy))
+def test_findings_name_the_first_line_and_what_ingestion_does(messy_report: QualityReport) -> None:
+    report = messy_report
     near = report.groups[(NEAR_DUPLICATE, ROW)]
     assert near.examples[0]["line"] == 23 and "line 3" in str(near.examples[0]["detail"])
     assert "line 2" in str(report.groups[(EXACT_DUPLICATE, ROW)].examples[0]["detail"])
@@ -201,8 +207,8 @@ def test_json_marks_the_exportable_part_and_applies_the_minimum_count(tmp_path: 
     assert "C-0" not in json.dumps(doc["export"])
 
 
-def test_html_page_is_self_contained_with_inline_charts(messy: Path) -> None:
-    page = render_html(report_json(assess(load_partner_config(messy))))
+def test_html_page_is_self_contained_with_inline_charts(messy_report: QualityReport) -> None:
+    page = render_html(report_json(messy_report))
     assert page.count("src='data:image/png;base64,") == 2
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "c.001" in page and "near_duplicate" in page
