@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fedcrm.client.config import PartnerConfig, load_partner_config
+from fedcrm.client.consented import ensure_consented
 from fedcrm.client.features import Scaling, encode_features
 from fedcrm.client.ingest import SUBJECT, load_customers, load_id_map
 from fedcrm.client.partner_session import PartnerSession
@@ -165,9 +166,7 @@ def deciles(scores: np.ndarray) -> np.ndarray:
 
 def score_table(view: ConsentedView, model, task: TaskSchema, scaling: Scaling) -> pd.DataFrame:  # noqa: ANN001
     """Score, decile and top contributing features for every subject in a consented view."""
-    if not isinstance(view, ConsentedView):
-        raise TypeError(f"score_table takes a ConsentedView from the consent gate, not {type(view).__name__}")
-    frame = view.frame
+    frame = ensure_consented(view, "score_table").frame
     x = encode_features(frame, task, scaling)
     scores = predict_scores(model, x)
     contributions = occlusion_contributions(model, x, task, scaling)
