@@ -301,3 +301,13 @@ def load_transactions(config: PartnerConfig) -> pd.DataFrame:
         ingest_transactions(config)
     load_key(config.key_path)
     return pd.read_parquet(path)
+
+
+def customer_rows(config: PartnerConfig) -> pd.DataFrame:
+    """Per-customer rows of a transaction export under a throw-away key (for neutral evaluation only).
+
+    Nothing is written and no identity survives: the pseudonyms cannot be linked to anything.
+    """
+    import secrets  # noqa: PLC0415
+
+    return build_customer_table(config, secrets.token_bytes(32)).customers
