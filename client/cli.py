@@ -138,3 +138,27 @@ def quality(
     console.print(f"rows read {report.rows_read}, reaching training {report.rows_kept}, "
                   f"rejected {report.rows_rejected}")
     console.print(f"  report: {json_path}\n  page:   {html_path}")
+
+
+@app.command()
+def merge(
+    merge_config: Path = typer.Option(..., "--merge-config", "-m", help="The merge config file (TOML)."),
+) -> None:
+    """Join several systems' exports into one customer table (CSV) with a merge report."""
+    from fedcrm.client.merge import load_merge_config, write_merge
+
+    try:
+        cfg = load_merge_config(merge_config)
+        report = write_merge(cfg)  # loads the partner key first: refuses without it
+    except FedcrmError as exc:
+        raise fail(exc) from exc
+    table = Table(title="Unified customer view")
+    for col in ("source", "rows", "only in this source", "duplicate ids", "no id"):
+        table.add_column(col)
+    for name, rows in report.rows.items():
+        table.add_row(name, str(rows), str(report.unmatched[name]), str(report.duplicates_within_source[name]),
+                      str(report.missing_id[name]))
+    console.print(table)
+    console.print(report.summary())
+    for name, path in report.outputs.items():
+        console.print(f"  {name}: {path}")
