@@ -197,3 +197,17 @@ def test_concurrent_appenders_serialise_into_one_valid_log(ledger_url: str, sign
     assert _count(ledger_url, "signed_heads") == 25
     for led in ledgers:
         led.close()
+
+
+def test_migrations_create_exactly_the_orm_schema(ledger: Ledger, ledger_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from fedcrm.consent.db import VERSION_TABLE, Base
+
+    engine = create_engine(normalise_url(ledger_url))
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    engine.dispose()
+    assert diff == []
