@@ -233,11 +233,14 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str]]:
     return manifest, doc["checkpoint"], doc["public_key_pem"], doc["leaves"]
 
 
-def verify_bundle(path: Path, trusted: cp.Checkpoint | str | None = None, verifier: str | None = None) -> VerificationReport:
+def verify_bundle(
+    path: Path, trusted: cp.Checkpoint | str | None = None, verifier: str | None = None, public_key_pem: bytes | None = None
+) -> VerificationReport:
     """Verify a bundle offline: signature, every leaf, the root, and (optionally) a trusted head.
 
-    ``verifier`` pins the expected signed-note verifier key (else the bundle's own key is
-    used, which proves integrity of the bundle but not who made it).
+    ``verifier`` (a signed-note verifier string) or ``public_key_pem`` pins the expected
+    key; without either the bundle's own key is used, which proves the bundle intact
+    but not who made it.
     """
     path = Path(path)
     try:
@@ -252,6 +255,10 @@ def verify_bundle(path: Path, trusted: cp.Checkpoint | str | None = None, verifi
             raise BundleError(f"{path}: public key PEM and field 'verifier' disagree")
         if verifier is not None and verifier.strip() != manifest["verifier"]:
             raise BundleError(f"{path}: signed by {manifest['verifier']!r}, not the expected verifier {verifier.strip()!r}")
+        if public_key_pem is not None:
+            pinned = cp.load_public_key(public_key_pem, "pinned public key")
+            if cp.public_key_pem(pinned) != cp.public_key_pem(public_key):
+                raise BundleError(f"{path}: signed by {manifest['verifier']!r}, not by the pinned public key")
         head = cp.verify_checkpoint(note, public_key, key_name, origin=manifest.get("origin"))
         if head.size != manifest.get("size") or head.size != len(leaves):
             raise BundleError(f"{path}: checkpoint size {head.size}, field 'size' {manifest.get('size')}, {len(leaves)} leaves")

@@ -70,11 +70,8 @@ def verify(
     trusted = _read_trusted(trusted_head)
     try:
         if bundle is not None:
-            verifier = None
-            if public_key is not None:
-                pub = cp.load_public_key(public_key.read_bytes(), str(public_key))
-                verifier = cp.verifier_string(cp.parse_checkpoint(_bundle_note(bundle)).origin, pub)
-            report = verify_bundle(bundle, trusted=trusted, verifier=verifier)
+            pem = public_key.read_bytes() if public_key is not None else None
+            report = verify_bundle(bundle, trusted=trusted, public_key_pem=pem)
             _summary(console, f"bundle {bundle}", report, [])
         else:
             if not ledger:
@@ -92,14 +89,6 @@ def verify(
         raise _fail(console, str(exc)) from None
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _bundle_note(bundle: Path) -> str:
-    import json  # noqa: PLC0415
-
-    if bundle.is_dir():
-        return (bundle / "checkpoint.txt").read_text(encoding="utf-8")
-    return str(json.loads(bundle.read_text(encoding="ascii"))["checkpoint"])
 
 
 def key_export(

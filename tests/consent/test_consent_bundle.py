@@ -148,3 +148,16 @@ def test_cli_verify_without_a_ledger_says_how_to_name_one(cli: typer.Typer, tmp_
     assert result.exit_code == 2 and "--ledger" in result.output
     result = runner.invoke(cli, ["verify", "--ledger", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no consent ledger" in result.output
+
+
+def test_cli_verify_bundle_against_another_pinned_key_fails(cli: typer.Typer, small: Ledger, tmp_path: Path) -> None:
+    runner.invoke(cli, ["export", "--ledger", str(tmp_path / "small.db"), "--out", str(tmp_path / "b")])
+    cp.generate_signing_key(tmp_path / "other.pem")
+    other_pub = tmp_path / "other_pub.pem"
+    other_pub.write_bytes(cp.public_key_pem(cp.load_signing_key(tmp_path / "other.pem").public_key()))
+    result = runner.invoke(cli, ["verify", "--bundle", str(tmp_path / "b"), "--public-key", str(other_pub)])
+    assert result.exit_code == 1 and "pinned public key" in result.output
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    result = runner.invoke(cli, ["verify", "--bundle", str(garbage)])
+    assert result.exit_code == 1 and "garbage.json" in result.output
