@@ -10,6 +10,7 @@ keyed by the partner's own customer id (from the id map, which never leaves the 
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def consented_customers(config, purpose: str, at: datetime, ledger) -> tuple[obj
     return view, left_out
 
 
+def _entry_input(entry_point, view):  # noqa: ANN001, ANN202
+    # The analytics entry points are moving from a DataFrame to the ConsentedView itself (gate
+    # enforcement, see .work/REQUESTS.md); hand each the form its signature asks for.
+    first = next(iter(inspect.signature(entry_point).parameters))
+    return view if first == "view" else view.frame
+
+
 def run_analytics(config_path: Path, purpose: str, out: Path | None, segments: int | None, seed: int) -> dict:
     """Gate, analyse and write; returns a short account of what was done."""
     from fedcrm.client.analytics import analyse_customers, analyse_transactions, write_analytics  # noqa: PLC0415
@@ -80,19 +88,18 @@ def run_analytics(config_path: Path, purpose: str, out: Path | None, segments: i
             view, left_out = consented_customers(config, purpose, at, ledger)
     finally:
         ledger.close()
-    frame = view.frame
     if config.source.level == "transaction":
         tx = config.transactions
         result = analyse_transactions(
-            frame, customer=SUBJECT, date=TX_DATE, amount=TX_AMOUNT,
+            _entry_input(analyse_transactions, view), customer=SUBJECT, date=TX_DATE, amount=TX_AMOUNT,
             quantity=TX_QUANTITY if tx.quantity else None, observation_end=tx.observation_end,
             time_unit=tx.time_unit, min_count=min_count, n_segments=segments, seed=seed,
         )
     else:
         types = {f: config.columns[c].type for f, c in config.feature_columns().items()}
-        cols = [c for c in frame.columns if c != SUBJECT]
+        cols = list(view.columns)
         result = analyse_customers(
-            frame, customer=SUBJECT, numeric=[c for c in cols if types[c] in ("numeric", "integer", "boolean")],
+            _entry_input(analyse_customers, view), customer=SUBJECT, numeric=[c for c in cols if types[c] in ("numeric", "integer", "boolean")],
             categorical=[c for c in cols if types[c] in ("categorical", "string")],
             min_count=min_count, n_segments=segments, seed=seed,
         )
