@@ -1,0 +1,124 @@
+"""A federated run on Flower's deployment engine: real SuperLink, partners' own SuperNodes.
+
+The coordinator writes the run directory, plan and Flower app directory exactly as the
+simulation runner does, but without partner config paths: in a deployment each partner
+starts its own SuperNode with its config as node config (``fedcrm client join``) and the
+coordinator never learns where the partner's files are. The run is submitted with
+``flwr run <app_dir> fedcrm --stream`` against a connection written to
+``$FLWR_HOME/config.toml`` inside the run directory, with runtime dependency installation
+off (the FAB holds only the pyproject; ServerApp and ClientApp are imported from the
+installed fedcrm on each side). Success means the ServerApp recorded ``run_end``; the
+run directory is then finalised like a simulation run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedcrm.coordinator.engine import CLIENT_APP_REF, PLAIN_CLIENT_APP_REF, write_app_dir
+from fedcrm.coordinator.processes import stop_marked
+from fedcrm.coordinator.registry import finalise_run_dir, read_events
+from fedcrm.coordinator.run_config import RunConfig, RunPlan
+from fedcrm.coordinator.runner import RunResult, _follow, new_run_id
+from fedcrm.coordinator.superlink import flower_env, venv_bin
+from fedcrm.errors import CoordinatorError
+from fedcrm.logging import get_logger
+from fedcrm.protocol import load_task_schema
+from fedcrm.settings import get_settings
+
+log = get_logger(__name__)
+
+CONNECTION = "fedcrm"
+
+
+def write_connection(flwr_home: Path, superlink: str, name: str = CONNECTION) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with one insecure SuperLink connection (the default)."""
+    host, sep, port = superlink.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CoordinatorError(f"--superlink {superlink!r}: expected HOST:PORT")
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(
+        "# Written by fedcrm for one deployment run.\n"
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{superlink}"\ninsecure = true\n'
+    )
+    return path
+
+
+def _plan(config: RunConfig, num_partners: int, runs_dir: Path | None) -> RunPlan:
+    task = load_task_schema(config.task)
+    run_id = config.run_id or new_run_id()
+    run_dir = (runs_dir or get_settings().runs_dir).resolve() / run_id
+    if run_dir.exists():
+        raise CoordinatorError(f"{run_dir}: run directory already exists")
+    run_dir.mkdir(parents=True)
+    (run_dir / "task_schema.json").write_text(task.canonical_json().decode())
+    plan = RunPlan(run_id=run_id, run_dir=run_dir, num_partners=num_partners,
+                   task_schema_json=task.canonical_json().decode(), config=config)
+    plan.save()
+    return plan
+
+
+def run_deployment(
+    config: RunConfig,
+    num_partners: int,
+    superlink: str,
+    runs_dir: Path | None = None,
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    timeout_s: float = 3600.0,
+) -> RunResult:
+    """Submit one federated run to a running SuperLink and wait for it; never raises for a failed round.
+
+    Parameters
+    ----------
+    num_partners
+        How many partner SuperNodes the run waits for and trains with.
+    superlink
+        ``HOST:PORT`` of the SuperLink (its one HTTP address serves ``flwr run`` too).
+    """
+    if num_partners < 2:
+        raise CoordinatorError("a federated run needs at least two partners (--partners N)")
+    plan = _plan(config, num_partners, runs_dir)
+    run_dir = plan.run_dir
+    client_ref = CLIENT_APP_REF if config.aggregation == "secagg" else PLAIN_CLIENT_APP_REF
+    app_dir = write_app_dir(run_dir, run_dir / "plan.json", [], client_ref)  # partner paths stay with partners
+    flwr_home = run_dir / "flwr_home"
+    write_connection(flwr_home, superlink)
+    marker = uuid.uuid4().hex
+    started = time.monotonic()
+    with (run_dir / "flwr_run.log").open("w") as out:
+        process = subprocess.Popen(
+            [str(venv_bin() / "flwr"), "run", str(app_dir), CONNECTION, "--stream"],
+            cwd=run_dir, env=flower_env(flwr_home, marker), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _follow(process, run_dir / "events.jsonl", on_event, timeout_s)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            stop_marked(marker)
+    wall = time.monotonic() - started
+    error = _run_error(run_dir, process.returncode)
+    rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall)
+    return RunResult(plan.run_id, run_dir, error is None, error, rounds, wall)
+
+
+def _run_error(run_dir: Path, returncode: int | None) -> str | None:
+    """Why a deployment run failed, or None if the ServerApp finished it."""
+    events = read_events(run_dir)
+    if any(e["event"] == "run_end" for e in events) and (run_dir / "model" / "final.safetensors").exists():
+        return None
+    failed = [e for e in events if e["event"] in ("round_failed", "failure")]
+    if failed:
+        return json.dumps(failed[-1])
+    tail = (run_dir / "flwr_run.log").read_text(errors="replace").strip().splitlines()[-5:]
+    return f"flwr run exited with code {returncode} without finishing the run: " + " | ".join(tail)
