@@ -162,3 +162,12 @@ def merge(
     console.print(report.summary())
     for name, path in report.outputs.items():
         console.print(f"  {name}: {path}")
+
+
+# Commands kept in their own modules (one job each): join a run, score, analytics.
+from fedcrm.client import cli_join, cli_score  # noqa: E402
+from fedcrm.client.cli_analytics import register as register_analytics  # noqa: E402
+
+cli_join.register(app)
+cli_score.register(app)
+register_analytics(app)

@@ -10,7 +10,6 @@ keyed by the partner's own customer id (from the id map, which never leaves the 
 
 from __future__ import annotations
 
-import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,12 +60,6 @@ def consented_customers(config, purpose: str, at: datetime, ledger) -> tuple[obj
     return view, left_out
 
 
-def _entry_input(entry_point, view):  # noqa: ANN001, ANN202
-    # The analytics entry points are moving from a DataFrame to the ConsentedView itself (gate
-    # enforcement, see .work/REQUESTS.md); hand each the form its signature asks for.
-    first = next(iter(inspect.signature(entry_point).parameters))
-    return view if first == "view" else view.frame
-
 
 def run_analytics(config_path: Path, purpose: str, out: Path | None, segments: int | None, seed: int) -> dict:
     """Gate, analyse and write; returns a short account of what was done."""
@@ -91,7 +84,7 @@ def run_analytics(config_path: Path, purpose: str, out: Path | None, segments: i
     if config.source.level == "transaction":
         tx = config.transactions
         result = analyse_transactions(
-            _entry_input(analyse_transactions, view), customer=SUBJECT, date=TX_DATE, amount=TX_AMOUNT,
+            view, customer=SUBJECT, date=TX_DATE, amount=TX_AMOUNT,
             quantity=TX_QUANTITY if tx.quantity else None, observation_end=tx.observation_end,
             time_unit=tx.time_unit, min_count=min_count, n_segments=segments, seed=seed,
         )
@@ -99,7 +92,7 @@ def run_analytics(config_path: Path, purpose: str, out: Path | None, segments: i
         types = {f: config.columns[c].type for f, c in config.feature_columns().items()}
         cols = list(view.columns)
         result = analyse_customers(
-            _entry_input(analyse_customers, view), customer=SUBJECT, numeric=[c for c in cols if types[c] in ("numeric", "integer", "boolean")],
+            view, customer=SUBJECT, numeric=[c for c in cols if types[c] in ("numeric", "integer", "boolean")],
             categorical=[c for c in cols if types[c] in ("categorical", "string")],
             min_count=min_count, n_segments=segments, seed=seed,
         )

@@ -31,8 +31,10 @@ from fedcrm.client.analytics import clv as clv_mod
 from fedcrm.client.analytics.health import HealthWeights, health_components, health_from_columns, health_score
 from fedcrm.client.analytics.lifecycle import STAGES, LifecycleThresholds, expected_gap_days, lifecycle_stages
 from fedcrm.client.analytics.render import render_html
+from fedcrm.client.consented import ensure_consented
 from fedcrm.client.analytics.rfm import SEGMENT_NAMES, rfm_scores
 from fedcrm.client.analytics.segments import FeatureText, kmeans_segments, prepare_features, profile_segments
+from fedcrm.consent.gate import ConsentedView
 from fedcrm.client.transactions import TimeUnit, recent_purchase_days, summarise_transactions, to_day
 from fedcrm.errors import AnalyticsError, MinimumCountNotMet, ModelFitError
 from fedcrm.logging import get_logger
@@ -62,7 +64,7 @@ class AnalyticsResult:
 
 
 def analyse_transactions(
-    frame: pd.DataFrame,
+    view: ConsentedView,
     *,
     customer: str,
     date: str,
@@ -85,6 +87,7 @@ def analyse_transactions(
     ``observation_end``. A model that cannot be fitted (too little repeat buying) is
     logged and its columns left empty rather than failing the whole run.
     """
+    frame = ensure_consented(view, "analyse_transactions").frame
     lifecycle = lifecycle or LifecycleThresholds()
     health = health or HealthWeights()
     summ = summarise_transactions(
@@ -139,7 +142,7 @@ def analyse_transactions(
 
 
 def analyse_customers(
-    frame: pd.DataFrame,
+    view: ConsentedView,
     *,
     customer: str,
     numeric: list[str],
@@ -151,6 +154,7 @@ def analyse_customers(
     seed: int = 0,
 ) -> AnalyticsResult:
     """Segments (and a health score when health columns are named) from a customer-level export."""
+    frame = ensure_consented(view, "analyse_customers").frame
     if customer not in frame.columns:
         raise AnalyticsError(f"customer column '{customer}' not in the data; it has {list(map(str, frame.columns))}")
     ids = frame[customer]

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.consented import consented_view
+
 from fedcrm.client.analytics import (
     analyse_customers,
     analyse_transactions,
@@ -64,13 +66,16 @@ def test_customer_export_with_tiny_cluster_keeps_it_out_of_every_output(tmp_path
     rng = np.random.default_rng(5)
     frame = pd.DataFrame(
         {
-            "member": [f"m{i}" for i in range(63)],
+            "subject": [f"m{i}" for i in range(63)],
             "months": np.r_[rng.normal(5, 1, 35), rng.normal(40, 1, 25), [400, 410, 420]],
             "fee": np.r_[rng.normal(20, 1, 35), rng.normal(80, 1, 25), [900, 905, 910]],
         }
     )
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        result = analyse_customers(frame, customer="member", numeric=["months", "fee"], health_higher=["months"], n_segments=3)
+        view = consented_view(frame, tmp_path, {"months": "user.behavior.service_subscription",
+                                                "fee": "user.financial.billing"})
+        result = analyse_customers(view, customer="subject", numeric=["months", "fee"], health_higher=["months"],
+                                   n_segments=3)
     assert result.per_customer["segment"].value_counts().min() == 3
     # The 3 are withheld, and the 25 with them so that the 3 cannot be recovered from the total.
     assert [c["cell"] for c in result.summary["partitions"]["segment"]] == ["Segment 1"]
@@ -80,14 +85,15 @@ def test_customer_export_with_tiny_cluster_keeps_it_out_of_every_output(tmp_path
     assert "Segment 3" not in exported
     assert "Segment 3" in " ".join(r.getMessage() for r in caplog.records)
     customers = pd.read_csv(tmp_path / "customers.csv")
-    assert customers.columns[0] == "member" and len(customers) == 63
+    assert customers.columns[0] == "subject" and len(customers) == 63
 
 
 def test_transaction_analytics_on_cdnow_sample(tmp_path: Path) -> None:
-    names = ["master_id", "sample_id", "date", "number_of_cds", "dollar_value"]
-    tx = pd.read_csv(DATA / "cdnow_sample.txt", sep=r"\s+", header=None, names=names, dtype={"sample_id": str, "date": str})
+    names = ["master_id", "subject", "date", "number_of_cds", "dollar_value"]
+    tx = pd.read_csv(DATA / "cdnow_sample.txt", sep=r"\s+", header=None, names=names, dtype={"subject": str, "date": str})
+    view = consented_view(tx, tmp_path, {c: "user.behavior.purchase_history" for c in names[2:]})
     result = analyse_transactions(
-        tx, customer="sample_id", date="date", amount="dollar_value", quantity="number_of_cds",
+        view, customer="subject", date="date", amount="dollar_value", quantity="number_of_cds",
         observation_end="1997-09-30", time_unit="W", n_segments=4,
     )
     s = result.summary
@@ -97,7 +103,7 @@ def test_transaction_analytics_on_cdnow_sample(tmp_path: Path) -> None:
         assert all(c["customers"] >= 10 for c in cells)
     assert sum(c["customers"] for c in s["partitions"]["r_score"]) == 2357
     pc = result.per_customer
-    assert pc.index.name == "sample_id" and pc["health_score"].between(0, 100).all()
+    assert pc.index.name == "subject" and pc["health_score"].between(0, 100).all()
     assert {"clv", "p_alive", "purchase_chance", "rfm_segment", "lifecycle_stage", "segment"} <= set(pc.columns)
     write_analytics(result, tmp_path)
     page = (tmp_path / "report.html").read_text()

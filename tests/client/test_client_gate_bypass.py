@@ -268,9 +268,6 @@ def test_federated_stages_take_no_customer_frame() -> None:
         assert stage.__code__.co_names.count("consented") >= 1, f"PartnerSession.{stage.__name__} bypasses consented()"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="awaiting the lead (.work/REQUESTS.md): analyse_customers/analyse_transactions must "
-                          "take a ConsentedView and call fedcrm.client.consented.ensure_consented")
 @pytest.mark.parametrize("entry", ["analyse_customers", "analyse_transactions"])
 def test_analytics_refuse_a_plain_dataframe(entry: str) -> None:
     from fedcrm.client import analytics
