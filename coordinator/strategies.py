@@ -9,6 +9,7 @@ round fails naming the partner(s) and no aggregate is written. Strategies come f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +24,12 @@ NodeNames = dict[int, str]
 
 
 def short_reason(text: str, limit: int = 240) -> str:
-    """First meaningful line of an error text (Flower wraps partner errors in reprs)."""
-    text = text.replace("\\n", "\n").strip()
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    """The partner's own error message inside Flower's and Ray's wrappers, else the first line."""
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    # Ray wraps a ClientApp's exception as "... ClientAppException ... Message: <str(exception)>".
+    wrapped = re.findall(r"Message: ([^\n]+)", text)
+    line = wrapped[-1].strip() if wrapped else next((p.strip() for p in text.splitlines() if p.strip()), "")
+    line = line.rstrip("'>\")")
     return line[:limit] + ("…" if len(line) > limit else "")
 
 
