@@ -18,7 +18,7 @@ console = Console()
 
 @app.command()
 def run(
-    partner: list[Path] = typer.Option(..., "--partner", "-p", help="A partner config path (repeat per partner)."),
+    partner: list[Path] = typer.Option(None, "--partner", "-p", help="A partner config path (repeat per partner)."),
     config: Path = typer.Option(None, "--config", help="Run config TOML ([run] table)."),
     task: Path = typer.Option(None, help="Task-schema file (overrides the run config)."),
     rounds: int = typer.Option(None, help="Number of training rounds."),
@@ -28,8 +28,10 @@ def run(
     seed: int = typer.Option(None),
     run_id: str = typer.Option(None, help="Run id (default: time stamp + random suffix)."),
     runs_dir: Path = typer.Option(None, help="Where run directories go (default: FEDCRM_RUNS_DIR or ./runs)."),
+    superlink: str = typer.Option(None, "--superlink", help="HOST:PORT of a SuperLink: run on the deployment engine."),
+    partners: int = typer.Option(None, "--partners", help="With --superlink: how many partner SuperNodes join."),
 ) -> None:
-    """Train a federated model on Flower's simulation engine, secure aggregation on by default."""
+    """Train a federated model (simulation, or a real deployment with --superlink), SecAgg+ on by default."""
     from fedcrm.coordinator.run_config import load_run_config
     from fedcrm.coordinator.runner import run_federation
 
@@ -37,7 +39,7 @@ def run(
                                  "architecture": architecture, "seed": seed, "run_id": run_id}
     try:
         cfg = load_run_config(config, overrides)
-        result = _run_with_progress(cfg, partner, runs_dir)
+        result = _run_with_progress(cfg, partner or [], runs_dir, superlink, partners)
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -49,7 +51,9 @@ def run(
     console.print(f"[green]run {result.run_id} succeeded[/] in {result.wall_s:.1f} s — {result.run_dir}")
 
 
-def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None) -> Any:
+def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None, superlink: str | None = None,
+                       num_partners: int | None = None) -> Any:
+    from fedcrm.coordinator.deployment import run_deployment
     from fedcrm.coordinator.runner import run_federation
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -67,6 +71,9 @@ def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None) ->
                 progress.update(task, advance=1, description=f"round {event['round']}: ROC AUC "
                                 + (f"{auc:.4f}" if auc is not None else "withheld"))
 
+        if superlink:
+            progress.update(task, description=f"waiting for {num_partners or 0} partners at {superlink}")
+            return run_deployment(cfg, num_partners or len(partners), superlink, runs_dir, on_event=on_event)
         return run_federation(cfg, partners, runs_dir=runs_dir, on_event=on_event)
 
 

@@ -13,7 +13,6 @@ run directory is then finalised like a simulation run.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
@@ -117,8 +116,5 @@ def _run_error(run_dir: Path, returncode: int | None) -> str | None:
     events = read_events(run_dir)
     if any(e["event"] == "run_end" for e in events) and (run_dir / "model" / "final.safetensors").exists():
         return None
-    failed = [e for e in events if e["event"] in ("round_failed", "failure")]
-    if failed:
-        return json.dumps(failed[-1])
     tail = (run_dir / "flwr_run.log").read_text(errors="replace").strip().splitlines()[-5:]
     return f"flwr run exited with code {returncode} without finishing the run: " + " | ".join(tail)

@@ -1,0 +1,51 @@
+"""`fedcrm coordinator superlink`: run a local Flower SuperLink in the foreground."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedcrm.errors import FedcrmError
+
+console = Console()
+
+
+def superlink(
+    state_dir: Path = typer.Option(Path("superlink"), "--state-dir", help="Its state database, logs and PID file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(9093, "--port", help="Port for SuperNodes and `fedcrm coordinator run --superlink`."),
+) -> None:
+    """Start an insecure (loopback/testing) SuperLink and keep it running until Ctrl-C; stops it by PID."""
+    from fedcrm.coordinator.superlink import start_superlink, stop_superlink
+
+    try:
+        link = start_superlink(state_dir, host=host, port=port)
+    except FedcrmError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with console.status(f"SuperLink {link.address} (pid {link.pid}, state {link.state_dir}) — Ctrl-C stops it"):
+            code = link.process.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        leftover = stop_superlink(link)
+        signal.signal(signal.SIGTERM, previous)
+    if leftover:
+        console.print(f"[bold red]processes survived SIGKILL:[/] {sorted(leftover)}")
+    console.print(f"SuperLink {link.address} stopped (log: {link.state_dir / 'superlink.log'})")
+    raise typer.Exit(0 if code in (0, -2, -15) else 1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``superlink`` to the ``fedcrm coordinator`` command group (once, however often called)."""
+    if not any(c.name == "superlink" for c in app.registered_commands):
+        app.command("superlink")(superlink)
