@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -215,21 +216,22 @@ def variant_table(rows: list[dict[str, Any]], splits: list[str], banks: dict[str
 # -- plots ----------------------------------------------------------------------------------------
 
 def plot_auc_by_method(rows: list[dict[str, Any]], splits: list[str], path: Path, dataset: str) -> None:
-    """Mean ROC AUC per method and split, error bars one standard deviation over seeds."""
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.6), sharey=True, squeeze=False)
+    """Mean ROC AUC per method and split (dots), error bars one standard deviation over seeds."""
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.8), sharey=True, squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         methods = _order({r["method"] for r in rows if r["split"] == split})
-        stats = [mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == m) for m in methods]
-        colours = ["tab:green" if m.startswith("federated") else "tab:blue" if m.startswith("pooled") else "tab:grey"
-                   for m in methods]
-        x = np.arange(len(methods))
-        ax.bar(x, [s[0] for s in stats], yerr=[s[1] for s in stats], color=colours, capsize=3)
-        ax.set_xticks(x, methods, rotation=70, ha="right", fontsize=8)
+        for x, m in enumerate(methods):
+            mean, std, _ = mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == m)
+            colour = "tab:green" if m.startswith("federated") else "tab:blue" if m.startswith("pooled") else "tab:grey"
+            ax.errorbar([x], [mean], yerr=[std], fmt="o", color=colour, capsize=4, markersize=6)
+        pooled = mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == "pooled_mlp")[0]
+        if not math.isnan(pooled):
+            ax.axhline(pooled, color="tab:blue", linewidth=0.8, alpha=0.5)
+        ax.set_xticks(range(len(methods)), methods, rotation=70, ha="right", fontsize=8)
         ax.set_title(f"{dataset} / {split}")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("ROC AUC on the common test set (mean ± std over seeds)")
-    low = min((r["roc_auc"] for r in rows if r["roc_auc"] is not None), default=0.5)
-    axes[0][0].set_ylim(max(0.5, low - 0.03), None)
+    axes[0][0].set_ylabel("ROC AUC, common test set")
+    fig.suptitle("mean ± std over seeds; blue pooled, green federated, grey local-only", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -240,7 +242,8 @@ def plot_rounds(rows: list[dict[str, Any]], splits: list[str], path: Path, datas
     """Federated ROC AUC per round (mean over seeds, band = min–max) against the pooled MLP."""
     fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.0), sharey=True, squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
-        for m, colour in (("federated_secagg", "tab:green"), ("federated_plain", "tab:orange")):
+        styles = {"federated_secagg": ("tab:green", "o", "-"), "federated_plain": ("tab:orange", "x", "--")}
+        for m, (colour, marker, line) in styles.items():
             curves = [r["round_roc_auc"] for r in rows if r["split"] == split and r["method"] == m
                       and r.get("round_roc_auc")]
             if not curves:
@@ -248,7 +251,8 @@ def plot_rounds(rows: list[dict[str, Any]], splits: list[str], path: Path, datas
             n = min(len(c) for c in curves)
             arr = np.array([c[:n] for c in curves])
             k = np.arange(1, n + 1)
-            ax.plot(k, arr.mean(axis=0), marker="o", color=colour, label=f"{m} (mean of {len(curves)})")
+            ax.plot(k, arr.mean(axis=0), marker=marker, linestyle=line, color=colour,
+                    label=f"{m} (mean of {len(curves)}, band min–max)")
             ax.fill_between(k, arr.min(axis=0), arr.max(axis=0), color=colour, alpha=0.15)
         pooled, _, count = mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == "pooled_mlp")
         if count:
@@ -256,6 +260,7 @@ def plot_rounds(rows: list[dict[str, Any]], splits: list[str], path: Path, datas
             ax.axhline(pooled - TOLERANCE, color="tab:blue", linestyle="--", label=f"pooled − {TOLERANCE}")
         ax.set_title(f"{dataset} / {split}")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("ROC AUC on the common test set")
     axes[0][0].legend(fontsize=8, loc="lower right")
@@ -289,7 +294,8 @@ def dataset_section(dataset: str, rows: list[dict[str, Any]], scores: Path, img_
     out += [f"### {dataset}: rounds to come within {TOLERANCE} of pooled", "",
             f"![federated AUC per round vs pooled]({rel / rounds_png.name})", ""]
     for split in splits:
-        out += [f"**{split}**", "", convergence_table(rows, split, rounds), ""]
+        if any(r.get("round_roc_auc") for r in rows if r["split"] == split):
+            out += [f"**{split}**", "", convergence_table(rows, split, rounds), ""]
     suffixes = sorted({r["method"].split("pooled_mlp_", 1)[1] for r in rows if r["method"].startswith("pooled_mlp_")})
     for suffix in suffixes:
         out += [f"### {dataset}: the cost of minimum-necessary use ({suffix.replace('_', ' ')})", "",
