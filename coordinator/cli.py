@@ -19,7 +19,7 @@ console = Console()
 @app.command()
 def run(
     partner: list[Path] = typer.Option(None, "--partner", "-p", help="A partner config path (repeat per partner)."),
-    config: Path = typer.Option(None, "--config", help="Run config TOML ([run] table)."),
+    config: Path = typer.Option(None, "--config", help="Run config TOML (settings under a run table)."),
     task: Path = typer.Option(None, help="Task-schema file (overrides the run config)."),
     rounds: int = typer.Option(None, help="Number of training rounds."),
     aggregation: str = typer.Option(None, help="'secagg' (default) or 'plain' (comparison only)."),
