@@ -30,7 +30,6 @@ from fedcrm.coordinator.superlink import free_port, start_superlink, stop_superl
 from fedcrm.paths import DATASETS
 
 PARTNERS = ("A", "B", "C")
-JOIN = "from fedcrm.client.cli import app; from fedcrm.client import cli_join; cli_join.register(app); app()"
 SECAGG_STAGES = {"setup", "share_keys", "collect_masked_vectors", "unmask"}
 
 
@@ -54,6 +53,26 @@ def flower_processes(root: Path) -> dict[int, str]:
     return found
 
 
+def test_join_refuses_to_start_without_the_partner_key(tmp_path: Path) -> None:
+    pdir = tmp_path / "A"
+    shutil.copytree(DATASETS / "partners" / "telco" / "skewed" / "A", pdir)  # not initialised: no key
+    result = CliRunner().invoke(app, ["client", "join", "--config", str(pdir / "partner.toml"),
+                                      "--superlink", f"127.0.0.1:{free_port()}", "--insecure"])
+    assert result.exit_code == 1
+    assert "partner.key" in result.output and "fedcrm client init" in result.output
+    assert not flower_processes(tmp_path)
+
+
+def test_join_needs_exactly_one_of_insecure_or_a_ca(tmp_path: Path) -> None:
+    pdir = tmp_path / "A"
+    shutil.copytree(DATASETS / "partners" / "telco" / "skewed" / "A", pdir)
+    assert CliRunner().invoke(app, ["client", "init", "--config", str(pdir / "partner.toml")]).exit_code == 0
+    result = CliRunner().invoke(app, ["client", "join", "--config", str(pdir / "partner.toml"),
+                                      "--superlink", "127.0.0.1:9"])
+    assert result.exit_code == 1 and "--insecure" in result.output
+    assert not flower_processes(tmp_path)
+
+
 @pytest.mark.slow
 def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path: Path) -> None:
     started = time.monotonic()
@@ -72,7 +91,7 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
         for config in configs:
             log = (config.parent / "join.log").open("wb")
             joins.append(subprocess.Popen(
-                [sys.executable, "-c", JOIN, "join", "--config", str(config), "--superlink", link.address,
+                [sys.executable, "-m", "fedcrm.cli", "client", "join", "--config", str(config), "--superlink", link.address,
                  "--port", str(free_port()), "--insecure"],
                 stdout=log, stderr=subprocess.STDOUT))
         cfg = RunConfig.model_validate({"task": DATASETS / "tasks" / "telco_churn.yaml", "rounds": 1, "seed": 0,
