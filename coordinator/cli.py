@@ -102,3 +102,9 @@ def list_runs_command(runs_dir: Path = typer.Option(Path("runs"), help="Director
         table.add_row(r["run_id"], "ok" if r["succeeded"] else "failed", str(r["rounds"]),
                       f"{r['roc_auc']:.4f}" if r["roc_auc"] is not None else "—", (r["error"] or "")[:80])
     console.print(table)
+
+
+# `fedcrm coordinator superlink` lives in its own module.
+from fedcrm.coordinator import cli_superlink  # noqa: E402
+
+cli_superlink.register(app)
