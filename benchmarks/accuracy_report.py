@@ -290,7 +290,10 @@ def plot_rounds(rows: list[dict[str, Any]], splits: list[str], path: Path, datas
         pooled, _, count = mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == "pooled_mlp")
         if count:
             ax.axhline(pooled, color="tab:blue", label="pooled MLP (mean)")
-            ax.axhline(pooled - TOLERANCE, color="tab:blue", linestyle="--", label=f"pooled − {TOLERANCE}")
+            ax.axhline(pooled - TOLERANCE, color="tab:blue", linestyle="--", label=f"pooled MLP − {TOLERANCE}")
+        lr, _, count = mean_std(r["roc_auc"] for r in rows if r["split"] == split and r["method"] == "pooled_lr")
+        if count:
+            ax.axhline(lr, color="tab:purple", linestyle=":", label="pooled LR (mean)")
         ax.set_title(f"{dataset} / {split}")
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
