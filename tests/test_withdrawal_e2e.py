@@ -44,7 +44,8 @@ def test_withdrawn_customer_is_absent_from_the_next_rounds(tmp_path: Path) -> No
     withdrawn = runner.invoke(app, [
         "consent", "withdraw", "--partner-dir", str(a.parent), "--customer-id", customer,
         "--partner-key", str(config.key_path), "--purpose", "churn_prediction",
-        "--effective-at", "2026-03-03T12:00:00Z", "--source", "call-centre"])
+        "--effective-at", "2026-03-03T12:00:00Z", "--source", "call-centre",
+        "--notice-version", "2026-01"])
     assert withdrawn.exit_code == 0, withdrawn.output
 
     result = run(tmp_path, partners, rounds=4, consent_as_of=TIMES, run_id="withdrawal")
