@@ -155,7 +155,9 @@ def markdown(rows: list[dict[str, object]]) -> str:
         "reality); `local_<partner>` is the same MLP trained on one partner alone; `federated_secagg` is",
         "`fedcrm coordinator run` with SecAgg+, each partner training on its consented customers minus its",
         "20% local validation hold-out, numeric scaling from the federated statistics round. Wall time of the",
-        "federated run includes starting the simulation engine. Machine: 2 CPU cores.",
+        "federated run includes starting the simulation engine. Machine: 2 CPU cores shared with other jobs",
+        "(load average about 10 while these rows were measured): wall times compare methods, not machines.",
+        "`pooled_lr` (L-BFGS, deterministic) does not vary with the seed.",
         "",
     ]
     return "\n".join(lines)
