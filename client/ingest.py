@@ -295,11 +295,6 @@ def ingest(
     try:
         for chunk in iter_raw_chunks(config, source):
             report.rows_read += len(chunk)
-            if config.source.level == "transaction":
-                raise DataValidationError(
-                    f"{config.config_path}: transaction-level exports are ingested with "
-                    "fedcrm.client.transaction_ingest"
-                )
             chunk = apply_spelling_rule(chunk, spellings, rules.spelling.action, report)
             customers, id_map = parse_chunk(chunk, config, key, report, seen_ids)
             report.rows_kept += len(customers)
