@@ -251,6 +251,7 @@ def million(b: Backends, n: int) -> dict[str, Any]:
     print(f"  sqlite   {n} events: built in {build_s:.0f}s, full verify {verify_s:.1f}s ({verify_cpu_s:.1f}s CPU), first inclusion proof {proof_s:.1f}s, next {warm_s * 1e3:.0f} ms", flush=True)
     return {"events": n, "build_s": build_s, "verify_s": verify_s, "verify_cpu_s": verify_cpu_s,
             "verify_events_per_s": n / verify_s, "load_average_after": os.getloadavg(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "inclusion_proof_gen_s": proof_s, "inclusion_proof_warm_s": warm_s, "db_mb": size_mb}
 
 
@@ -297,7 +298,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"{_fmt(r['inclusion_proof_verify_s'], 1e6)} | {_fmt(r['consistency_proof_gen_s'], 1e3, 1)} | "
             f"{_fmt(r['consistency_proof_verify_s'], 1e6)} | {r['full_verify_s']:.1f} |")
     m = results["million"]
-    lines += ["", "## Full verification of a large log (SQLite)", "",
+    when = f" (measured {m['date']}, 1-minute load average {m['load_average_after'][0]:.1f} afterwards)" if "date" in m else ""
+    lines += ["", "## Full verification of a large log (SQLite)", "", f"One run{when}; CPU time excludes waiting for a core on the shared machine.", "",
               "| events | build via Ledger.append (s) | full verify, wall (s) | full verify, CPU of this process (s) | verified events/s (wall) | first inclusion proof (s) | next proof (ms) | database (MB) |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| {m['events']:,} | {m['build_s']:.0f} | {m['verify_s']:.1f} | {m.get('verify_cpu_s', float('nan')):.1f} | {m['verify_events_per_s']:,.0f} | "
