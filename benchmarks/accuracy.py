@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import time
@@ -341,8 +342,10 @@ def main(argv: list[str] | None = None) -> None:
         meta_path.write_text(json.dumps({
             "total_wall_s": round(total, 1), "rounds": args.rounds, "seeds": args.seeds,
             "datasets": args.datasets, "splits": args.splits, "aggregations": args.aggregations,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            # Wall times depend on what else the machine runs; keep the load next to them.
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         }, indent=2))
         print(f"benchmark finished in {total / 60:.1f} min", flush=True)
     from benchmarks.accuracy_report import write_report

@@ -339,7 +339,8 @@ def dataset_section(dataset: str, rows: list[dict[str, Any]], scores: Path, img_
         out += [f"### {dataset}: the cost of minimum-necessary use ({suffix.replace('_', ' ')})", "",
                 "Difference = AUC with the extra feature(s) − AUC without; positive means leaving them out costs "
                 "accuracy. Pooled data only; the split changes only the row order the pooled models see, so "
-                "the last line pools every split × seed run.", "",
+                "the last line pools every split × seed run (scikit-learn's lbfgs LR is deterministic, so its runs "
+                "coincide).", "",
                 variant_table(rows, splits, banks, suffix), ""]
     return "\n".join(out)
 
