@@ -196,18 +196,6 @@ def centralised(case: Case, partners: dict[str, pd.DataFrame], test: pd.DataFram
 
 # -- federated ------------------------------------------------------------------------------------
 
-def _round_model(run_dir: Path, label: str):  # noqa: ANN202
-    """A per-round model of a run, hash-checked like the final one (``federated_model`` loads only 'final')."""
-    from fedcrm.coordinator.registry import load_run_model
-    from fedcrm.models.nets import build_model
-    from fedcrm.models.params import set_arrays
-
-    _, arrays, meta = load_run_model(run_dir, label)
-    model = build_model(meta["architecture"], int(meta["n_features"]))
-    set_arrays(model, arrays)
-    return model
-
-
 def round_curve(run_dir: Path, test: pd.DataFrame, task: TaskSchema, scaling: dict[str, tuple[float, float]],
                 rounds: int) -> tuple[list[float], list[float]]:
     """Common-test ROC AUC of each round's model, and seconds from run start to that round's end."""
@@ -216,7 +204,7 @@ def round_curve(run_dir: Path, test: pd.DataFrame, task: TaskSchema, scaling: di
     ends = {int(e["round"]): e["time"] - start for e in events if e["event"] == "evaluate"}
     aucs, walls = [], []
     for k in range(1, rounds + 1):
-        model = _round_model(run_dir, f"round-{k}")
+        model, _ = federated_model(run_dir, task, f"round-{k}")
         aucs.append(evaluate_scores(test, score(model, test, task, scaling))["roc_auc"])
         walls.append(round(float(ends[k]), 3))
     return aucs, walls

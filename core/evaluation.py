@@ -81,11 +81,11 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, float]
     return binary_metrics(encode_labels(frame, LABEL), scores)
 
 
-def federated_model(run_dir: Path, task: TaskSchema):  # noqa: ANN201
-    """The final model of a run (hash-checked) and the federated scaling it was trained with."""
+def federated_model(run_dir: Path, task: TaskSchema, label: str = "final"):  # noqa: ANN201
+    """A model of a run (``final`` or ``round-<k>``, hash-checked) and the federated scaling it was trained with."""
     from fedcrm.coordinator.registry import load_run_model
 
-    _, arrays, meta = load_run_model(run_dir)
+    _, arrays, meta = load_run_model(run_dir, label)
     model = build_model(meta["architecture"], int(meta["n_features"]))
     set_arrays(model, arrays)
     stats = json.loads((run_dir / "metrics" / "statistics.json").read_text())
