@@ -356,14 +356,19 @@ def write_rejects(rejects: list[Reject], path: Path) -> None:
             writer.writerow([r.line, r.column, r.value, r.reason])
 
 
-def load_customers(config: PartnerConfig) -> pd.DataFrame:
-    """The ingested, pseudonymised customer table (ingesting first if it is missing or stale)."""
-    path = config.work_path / CUSTOMERS_FILE
+def load_table(config: PartnerConfig, filename: str) -> pd.DataFrame:
+    """A table ingestion wrote in the work dir, re-ingesting first if it is missing or older than the export."""
+    path = config.work_path / filename
     source = config.resolve(config.source.path)
     if not path.exists() or (source.exists() and source.stat().st_mtime > path.stat().st_mtime):
         ingest(config)
     load_key(config.key_path)
     return pd.read_parquet(path)
+
+
+def load_customers(config: PartnerConfig) -> pd.DataFrame:
+    """The ingested, pseudonymised customer table (ingesting first if it is missing or stale)."""
+    return load_table(config, CUSTOMERS_FILE)
 
 
 def load_id_map(config: PartnerConfig) -> pd.DataFrame:

@@ -43,6 +43,7 @@ from fedcrm.client.ingest import (
     IngestReport,
     Reject,
     iter_raw_chunks,
+    load_table,
     parse_column,
     write_rejects,
 )
@@ -295,12 +296,7 @@ def ingest_transactions(
 
 def load_transactions(config: PartnerConfig) -> pd.DataFrame:
     """The pseudonymised purchase table (ingesting first if it is missing or stale)."""
-    path = config.work_path / TRANSACTIONS_FILE
-    source = config.resolve(config.source.path)
-    if not path.exists() or (source.exists() and source.stat().st_mtime > path.stat().st_mtime):
-        ingest_transactions(config)
-    load_key(config.key_path)
-    return pd.read_parquet(path)
+    return load_table(config, TRANSACTIONS_FILE)
 
 
 def customer_rows(config: PartnerConfig) -> pd.DataFrame:
