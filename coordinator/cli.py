@@ -108,3 +108,28 @@ def list_runs_command(runs_dir: Path = typer.Option(Path("runs"), help="Director
 from fedcrm.coordinator import cli_superlink  # noqa: E402
 
 cli_superlink.register(app)
+
+
+@app.command("head")
+def head_command(
+    run_dir: Path = typer.Option(..., "--run", help="Run directory."),
+    partner: str = typer.Option(..., help="Partner name."),
+    server_round: int = typer.Option(None, "--round", help="Round (default: the last head received)."),
+    out: Path = typer.Option(None, help="Write the signed note here (default: stdout)."),
+) -> None:
+    """A partner's signed consent-log head as received during a run, for `fedcrm consent verify --trusted-head`."""
+    from fedcrm.coordinator.registry import partner_heads
+
+    heads = partner_heads(run_dir, partner)
+    if server_round is not None:
+        heads = [h for h in heads if h["round"] == server_round]
+    if not heads:
+        console.print(f"[bold red]error:[/] no head from partner {partner!r} in {run_dir}"
+                      + (f" for round {server_round}" if server_round is not None else ""))
+        raise typer.Exit(1)
+    note = heads[-1]["checkpoint"]
+    if out is None:
+        print(note, end="" if note.endswith("\n") else "\n")
+    else:
+        out.write_text(note)
+        console.print(f"head of partner {partner}, round {heads[-1]['round']} ({heads[-1]['stage']}) → {out}")

@@ -111,3 +111,9 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
         out.append({"run_id": run_dir.name, "succeeded": status.get("succeeded"), "rounds": len(rounds),
                     "roc_auc": last.get("roc_auc"), "error": status.get("error")})
     return out
+
+
+def partner_heads(run_dir: Path, partner: str) -> list[dict[str, Any]]:
+    """Every signed consent-log head a partner reported during a run, in order received."""
+    path = run_dir / "heads" / f"{partner}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

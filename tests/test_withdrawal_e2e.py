@@ -80,4 +80,11 @@ def test_withdrawn_customer_is_absent_from_the_next_rounds(tmp_path: Path) -> No
     for head in (heads[0], heads[-1]):
         assert ledger.verify(trusted=head).ok
     ledger.close()
+    # The auditor's path: take the head the coordinator received, verify the partner's log against it.
+    head_file = tmp_path / "A.head"
+    _ok = runner.invoke(app, ["coordinator", "head", "--run", str(result.run_dir), "--partner", "A", "--round", "2",
+                              "--out", str(head_file)])
+    assert _ok.exit_code == 0, _ok.output
+    verified = runner.invoke(app, ["consent", "verify", "--ledger", config.ledger_url, "--trusted-head", str(head_file)])
+    assert verified.exit_code == 0, verified.output
 
