@@ -15,15 +15,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 APT_TEST_PACKAGES := postgresql strace util-linux iproute2
 
-.PHONY: demo test bench venv apt-test clean
+.PHONY: demo test bench lint venv apt-test clean
 
 ## Set up the virtual environment and run the end-to-end demo on the bundled data.
 demo: $(VENV)/.installed
 	$(VENV)/bin/fedcrm demo
 
 ## Set up, install the system packages the tests need, and run the whole test suite.
-test: $(VENV)/.installed apt-test
+test: $(VENV)/.installed apt-test lint
 	bash .ci/pytest.sh
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check core client consent coordinator models benchmarks tests
 
 ## Run the benchmark harness (accuracy, ledger, CLV, quality, propensity).
 bench: $(VENV)/.installed

@@ -9,16 +9,14 @@ Relative paths in the file are relative to the file's own directory.
 
 from __future__ import annotations
 
-import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedcrm.errors import ConfigError
-from fedcrm.protocol import DEFAULT_MIN_COUNT, validation_summary
+from fedcrm.config_files import load_config
+from fedcrm.protocol import DEFAULT_MIN_COUNT
 
 ColumnRole = Literal["customer_id", "label", "feature", "direct_identifier", "quasi_identifier", "ignore"]
 ColumnType = Literal["string", "numeric", "integer", "categorical", "boolean", "date"]
@@ -202,17 +200,5 @@ class PartnerConfig(_Strict):
 
 def load_partner_config(path: Path | str) -> PartnerConfig:
     """Read and validate a partner config; errors name the file, key and problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: partner config not found") from exc
-    try:
-        raw = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
-    try:
-        config = PartnerConfig.model_validate(raw or {})
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid partner config: {validation_summary(exc)}") from exc
-    return config.model_copy(update={"config_path": path.resolve()})
+    config = load_config(path, PartnerConfig, "partner config")
+    return config.model_copy(update={"config_path": Path(path).resolve()})

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rapidfuzz import fuzz, process
 
 from fedcrm.client.config import load_partner_config
 from fedcrm.client.normalise import IdNormalisation, normalise_ids
 from fedcrm.client.pseudonymise import load_key
-from fedcrm.errors import ConfigError, DataValidationError
-from fedcrm.protocol import validation_summary
+from fedcrm.errors import DataValidationError
+from fedcrm.config_files import load_config
 
 
 class _Strict(BaseModel):
@@ -101,18 +100,8 @@ class MergeConfig(_Strict):
 
 def load_merge_config(path: Path | str) -> MergeConfig:
     """Read and validate a merge config; errors name the file and key."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: merge config not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
-    try:
-        config = MergeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid merge config: {validation_summary(exc)}") from exc
-    return config.model_copy(update={"config_path": path.resolve()})
+    config = load_config(path, MergeConfig, "merge config")
+    return config.model_copy(update={"config_path": Path(path).resolve()})
 
 
 @dataclass

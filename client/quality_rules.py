@@ -25,7 +25,7 @@ from rapidfuzz import fuzz, process
 from fedcrm.client.config import ColumnSpec, PartnerConfig
 from fedcrm.client.normalise import IdNormalisation, spelling_key
 from fedcrm.errors import ConfigError
-from fedcrm.protocol import validation_summary
+from fedcrm.config_files import validation_summary
 
 # Recognised when looking for mixed date formats (ingestion parses only source.date_formats).
 COMMON_DATE_FORMATS = [

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, delete, func, insert, inspect, or_, select, text
+from sqlalchemy import Connection, delete, func, insert, or_, select, text
 
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent import merkle
-from fedcrm.consent.bundle import LeafRow, VerificationReport, check_log, coerce_trusted
+from fedcrm.consent.bundle import VerificationReport, check_log, coerce_trusted
 from fedcrm.consent.db import (
     KeyRotation,
     LedgerMeta,

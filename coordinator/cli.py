@@ -33,7 +33,6 @@ def run(
 ) -> None:
     """Train a federated model (simulation, or a real deployment with --superlink), SecAgg+ on by default."""
     from fedcrm.coordinator.run_config import load_run_config
-    from fedcrm.coordinator.runner import run_federation
 
     overrides: dict[str, Any] = {"task": task, "rounds": rounds, "aggregation": aggregation, "strategy": strategy,
                                  "architecture": architecture, "seed": seed, "run_id": run_id}

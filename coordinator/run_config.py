@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedcrm.errors import ConfigError
-from fedcrm.protocol import DEFAULT_MIN_COUNT, validation_summary
+from fedcrm.config_files import read_config, validate_config
+from fedcrm.protocol import DEFAULT_MIN_COUNT
 
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"]
 
@@ -72,21 +71,12 @@ def load_run_config(path: Path | None, overrides: dict[str, object]) -> RunConfi
     """Read a run-config TOML (``[run]`` table or top level) and apply CLI overrides."""
     raw: dict[str, object] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: run config not found") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+        data = read_config(path, "run config")
         raw = dict(data.get("run", data))
         if "task" in raw and not Path(str(raw["task"])).is_absolute():
             raw["task"] = str((path.parent / str(raw["task"])).resolve())
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        where = str(path) if path else "run options"
-        raise ConfigError(f"{where}: invalid run config: {validation_summary(exc)}") from exc
+    return validate_config(RunConfig, raw, path or "run options", "run config")
 
 
 class RunPlan(BaseModel):

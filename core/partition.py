@@ -16,12 +16,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.model_selection import train_test_split
 
 from fedcrm.errors import ConfigError
-from fedcrm.protocol import validation_summary
+from fedcrm.config_files import load_config
 
 
 class SplitSpec(BaseModel):
@@ -72,13 +71,7 @@ class PartitionSpec(BaseModel):
 
 def load_partition_spec(path: Path) -> tuple[PartitionSpec, Path]:
     """Read a partition spec; returns it with the directory its relative paths resolve against."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return PartitionSpec.model_validate(raw), path.parent
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: partition spec not found") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid partition spec: {validation_summary(exc)}") from exc
+    return load_config(path, PartitionSpec, "partition spec"), path.parent
 
 
 def common_test_split(frame: pd.DataFrame, label: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

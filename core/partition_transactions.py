@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from fedcrm.errors import ConfigError, DataValidationError
 from fedcrm.paths import DATASETS
-from fedcrm.protocol import validation_summary
+from fedcrm.config_files import validation_summary
 
 CONSENT_COLUMNS = ("receipt_id", "customer_id", "purpose", "category", "action", "legal_basis", "effective_at",
                    "recorded_at", "source", "notice_version")

@@ -13,10 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedcrm.errors import ConfigError
+from fedcrm.config_files import load_config
 
 #: Default minimum number of distinct pseudonymous customers behind any value that leaves a partner.
 DEFAULT_MIN_COUNT = 10
@@ -160,27 +159,4 @@ class TaskSchema(BaseModel):
 
 def load_task_schema(path: Path | str) -> TaskSchema:
     """Read a task-schema file (YAML or JSON); errors name the file and field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: task schema file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
-    try:
-        return TaskSchema.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid task schema: {_first_errors(exc)}") from exc
-
-
-def _first_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def validation_summary(exc: ValidationError) -> str:
-    """Short 'field: problem; …' text for a Pydantic error, used in ConfigError messages."""
-    return _first_errors(exc)
+    return load_config(path, TaskSchema, "task schema")
