@@ -46,6 +46,7 @@ class RunResult:
     error: str | None
     rounds: list[dict[str, Any]]
     wall_s: float
+    ray_tmp: Path | None = None  # removed by the time the result is returned
 
 
 def new_run_id() -> str:
@@ -125,7 +126,7 @@ def run_federation(
     if process.returncode != 0 and error is None:
         error = f"engine exited with code {process.returncode}; see {run_dir / 'engine.log'}"
     rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall)
-    return RunResult(run_id, run_dir, error is None, error, rounds, wall)
+    return RunResult(run_id, run_dir, error is None, error, rounds, wall, ray_tmp)
 
 
 def _follow(process: subprocess.Popen[bytes], events: Path, on_event: Callable[[dict[str, Any]], None] | None,

@@ -108,6 +108,18 @@ def test_secure_aggregation_completed_every_stage_for_every_partner(secagg_and_p
     assert stats["max_weight"] >= max(stats["partner_rows"].values())
 
 
+def test_flower_state_and_ray_logs_live_in_the_run_directory(secagg_and_plain) -> None:  # noqa: ANN001
+    secagg, _, _ = secagg_and_plain
+    assert (secagg.run_dir / "flwr_home").is_dir()
+    logs = list((secagg.run_dir / "ray_logs").rglob("*"))
+    assert any(p.is_file() for p in logs), "Ray's logs were not copied into the run directory"
+    assert secagg.ray_tmp is not None and not secagg.ray_tmp.exists(), "Ray's temp directory was left behind"
+    # Ray's unix-socket paths (<tmp>/session_<date>_<pid>/sockets/plasma_store) must stay under 107 bytes
+    assert len(str(secagg.ray_tmp)) + len("/session_2026-11-23_07-14-58_123456_12345/sockets/plasma_store") < 107
+    manifest = json.loads((secagg.run_dir / "manifest.json").read_text())["files"]
+    assert "model/final.safetensors" in manifest and "report.md" in manifest
+
+
 def test_training_replies_carry_masked_vectors_not_parameters(secagg_and_plain, partners: list[Path]) -> None:  # noqa: ANN001
     _, _, journal = secagg_and_plain
     for name, entries in journal.items():
