@@ -1,4 +1,4 @@
-"""Operator side: federated rounds through Flower, registry, reports, API and dashboard.
+"""Operator side: federated rounds through Flower (simulation and deployment), registry and reports.
 
 Imports ``fedcrm.models`` (and consent's verifier), never ``fedcrm.client``.
 """
