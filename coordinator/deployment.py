@@ -13,7 +13,6 @@ run directory is then finalised like a simulation run.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -21,15 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from fedcrm.coordinator.engine import CLIENT_APP_REF, PLAIN_CLIENT_APP_REF, write_app_dir
-from fedcrm.coordinator.processes import stop_marked
 from fedcrm.coordinator.registry import finalise_run_dir, read_events
-from fedcrm.coordinator.run_config import RunConfig, RunPlan
-from fedcrm.coordinator.runner import RunResult, _follow, new_run_id
+from fedcrm.coordinator.run_config import RunConfig
+from fedcrm.coordinator.runner import RunResult, plan_run, supervise
 from fedcrm.coordinator.superlink import flower_env, venv_bin
 from fedcrm.errors import CoordinatorError
 from fedcrm.logging import get_logger
-from fedcrm.protocol import load_task_schema
-from fedcrm.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -48,20 +44,6 @@ def write_connection(flwr_home: Path, superlink: str, name: str = CONNECTION) ->
         f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{superlink}"\ninsecure = true\n'
     )
     return path
-
-
-def _plan(config: RunConfig, num_partners: int, runs_dir: Path | None) -> RunPlan:
-    task = load_task_schema(config.task)
-    run_id = config.run_id or new_run_id()
-    run_dir = (runs_dir or get_settings().runs_dir).resolve() / run_id
-    if run_dir.exists():
-        raise CoordinatorError(f"{run_dir}: run directory already exists")
-    run_dir.mkdir(parents=True)
-    (run_dir / "task_schema.json").write_text(task.canonical_json().decode())
-    plan = RunPlan(run_id=run_id, run_dir=run_dir, num_partners=num_partners,
-                   task_schema_json=task.canonical_json().decode(), config=config)
-    plan.save()
-    return plan
 
 
 def run_deployment(
@@ -84,7 +66,7 @@ def run_deployment(
     """
     if num_partners < 2:
         raise CoordinatorError("a federated run needs at least two partners (--partners N)")
-    plan = _plan(config, num_partners, runs_dir)
+    plan = plan_run(config, num_partners, runs_dir)
     run_dir = plan.run_dir
     client_ref = CLIENT_APP_REF if config.aggregation == "secagg" else PLAIN_CLIENT_APP_REF
     app_dir = write_app_dir(run_dir, run_dir / "plan.json", [], client_ref)  # partner paths stay with partners
@@ -92,21 +74,11 @@ def run_deployment(
     write_connection(flwr_home, superlink)
     marker = uuid.uuid4().hex
     started = time.monotonic()
-    with (run_dir / "flwr_run.log").open("w") as out:
-        process = subprocess.Popen(
-            [str(venv_bin() / "flwr"), "run", str(app_dir), CONNECTION, "--stream"],
-            cwd=run_dir, env=flower_env(flwr_home, marker), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _follow(process, run_dir / "events.jsonl", on_event, timeout_s)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            stop_marked(marker)
+    returncode = supervise([str(venv_bin() / "flwr"), "run", str(app_dir), CONNECTION, "--stream"],
+                           run_dir=run_dir, env=flower_env(flwr_home, marker), log_name="flwr_run.log",
+                           marker=marker, on_event=on_event, timeout_s=timeout_s)
     wall = time.monotonic() - started
-    error = _run_error(run_dir, process.returncode)
+    error = _run_error(run_dir, returncode)
     rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall)
     return RunResult(plan.run_id, run_dir, error is None, error, rounds, wall)
 

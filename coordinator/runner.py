@@ -65,22 +65,9 @@ def run_federation(
     """Run one federated training on the simulation engine; never raises for a failed round."""
     if len(partner_configs) < 2:
         raise CoordinatorError("a federated run needs at least two partners (--partner … --partner …)")
-    task = load_task_schema(config.task)
-    run_id = config.run_id or new_run_id()
-    runs_dir = (runs_dir or get_settings().runs_dir).resolve()
-    run_dir = runs_dir / run_id
-    if run_dir.exists():
-        raise CoordinatorError(f"{run_dir}: run directory already exists")
-    run_dir.mkdir(parents=True)
-    (run_dir / "task_schema.json").write_text(task.canonical_json().decode())
-    plan = RunPlan(
-        run_id=run_id,
-        run_dir=run_dir,
-        num_partners=len(partner_configs),
-        task_schema_json=task.canonical_json().decode(),
-        config=config,
-    )
-    plan_path = plan.save()
+    plan = plan_run(config, len(partner_configs), runs_dir)
+    run_id, run_dir = plan.run_id, plan.run_dir
+    plan_path = run_dir / "plan.json"
     # Partner config paths are passed through unread: the coordinator never opens them.
     partners = [str(Path(p).resolve()) for p in partner_configs]
 
@@ -99,34 +86,57 @@ def run_federation(
     })
     write_ray_bootstrap_config(ray_tmp / "home")
     started = time.monotonic()
-    engine_log = (run_dir / "engine.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fedcrm.coordinator.engine", str(plan_path), *partners],
-        cwd=run_dir,
-        env=env,
-        stdout=engine_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     try:
-        _follow(process, run_dir / "events.jsonl", on_event, timeout_s)
+        returncode = supervise([sys.executable, "-m", "fedcrm.coordinator.engine", str(plan_path), *partners],
+                               run_dir=run_dir, env=env, log_name="engine.log", marker=marker,
+                               on_event=on_event, timeout_s=timeout_s)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        engine_log.close()
-        leftover = stop_marked(marker)
-        if leftover:
-            log.error("processes survived SIGKILL", extra={"pids": sorted(leftover)})
         _copy_ray_logs(ray_tmp, run_dir / "ray_logs")
         shutil.rmtree(ray_tmp, ignore_errors=True)
     wall = time.monotonic() - started
     failure = run_dir / "failure.txt"
     error = failure.read_text().strip() if failure.exists() else None
-    if process.returncode != 0 and error is None:
-        error = f"engine exited with code {process.returncode}; see {run_dir / 'engine.log'}"
+    if returncode != 0 and error is None:
+        error = f"engine exited with code {returncode}; see {run_dir / 'engine.log'}"
     rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall)
     return RunResult(run_id, run_dir, error is None, error, rounds, wall, ray_tmp)
+
+
+def plan_run(config: RunConfig, num_partners: int, runs_dir: Path | None = None) -> RunPlan:
+    """Create the run directory and write its task schema and plan (shared by both engines)."""
+    task = load_task_schema(config.task)
+    run_id = config.run_id or new_run_id()
+    run_dir = (runs_dir or get_settings().runs_dir).resolve() / run_id
+    if run_dir.exists():
+        raise CoordinatorError(f"{run_dir}: run directory already exists")
+    run_dir.mkdir(parents=True)
+    (run_dir / "task_schema.json").write_text(task.canonical_json().decode())
+    plan = RunPlan(run_id=run_id, run_dir=run_dir, num_partners=num_partners,
+                   task_schema_json=task.canonical_json().decode(), config=config)
+    plan.save()
+    return plan
+
+
+def supervise(command: list[str], *, run_dir: Path, env: dict[str, str], log_name: str, marker: str,
+              on_event: Callable[[dict[str, Any]], None] | None, timeout_s: float) -> int | None:
+    """Run a run's driver process in its own session, follow its events, then stop everything it started.
+
+    Every process carrying ``marker`` in its environment is stopped by PID at the end, whether
+    the driver finished, failed or timed out. Returns the driver's exit code.
+    """
+    with (run_dir / log_name).open("w") as out:
+        process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            _follow(process, run_dir / "events.jsonl", on_event, timeout_s)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            leftover = stop_marked(marker)
+            if leftover:
+                log.error("processes survived SIGKILL", extra={"pids": sorted(leftover)})
+    return process.returncode
 
 
 def _follow(process: subprocess.Popen[bytes], events: Path, on_event: Callable[[dict[str, Any]], None] | None,
