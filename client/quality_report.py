@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcrm.client.disclosure import suppress
 from fedcrm.client.quality import FAMILY, ROW, QualityReport
 from fedcrm.logging import get_logger
 
@@ -38,19 +39,17 @@ HTML_FILE = "quality.html"
 
 def withhold(cells: dict[str, int], *, min_count: int, partition: str, total: str | None = None) -> dict[str, int]:
     """Cells that may be exported; small ones withheld (with complementary suppression), names logged."""
-    visible = {k: v for k, v in cells.items() if v == 0 or v >= min_count}
-    hidden = [k for k, v in cells.items() if 0 < v < min_count]
-    for name in hidden:
-        log.info("quality cell withheld: fewer customers than the minimum count", extra={"cell": name})
-    if total is not None:
-        candidates = [k for k in visible if k != total and visible[k] > 0]
-        while hidden and (len(hidden) == 1 or sum(cells[k] for k in hidden) < min_count) and candidates:
-            extra = min(candidates, key=lambda k: (visible[k], k))
-            candidates.remove(extra)
-            del visible[extra]
-            hidden.append(extra)
-            log.info("quality cell withheld: protects another withheld cell", extra={"cell": extra})
-    return visible
+    if total is None:
+        # Without a published total, a withheld cell cannot be recovered by subtraction.
+        published = [k for k, v in cells.items() if not 0 < v < min_count]
+        withheld = [k for k in cells if k not in published]
+    else:
+        published, withheld = suppress(cells, min_count=min_count, protected=[total])
+    for name in withheld:
+        small = cells[name] < min_count
+        reason = "fewer customers than the minimum count" if small else "protects another withheld cell"
+        log.info(f"quality cell withheld: {reason}", extra={"cell": name})
+    return {k: cells[k] for k in published}
 
 
 def export_part(report: QualityReport) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from fedcrm.client.analytics.health import HealthWeights, health_components, hea
 from fedcrm.client.analytics.lifecycle import STAGES, LifecycleThresholds, expected_gap_days, lifecycle_stages
 from fedcrm.client.analytics.render import render_html
 from fedcrm.client.consented import ensure_consented
+from fedcrm.client.disclosure import suppress
 from fedcrm.client.analytics.rfm import SEGMENT_NAMES, rfm_scores
 from fedcrm.client.analytics.segments import FeatureText, kmeans_segments, prepare_features, profile_segments
 from fedcrm.consent.gate import ConsentedView
@@ -238,18 +239,13 @@ def withhold_small_cells(
     cells: list[dict[str, Any]], *, min_count: int, partition: str
 ) -> tuple[list[dict[str, Any]], int]:
     """Drop cells under ``min_count`` customers, plus complementary cells; log names only."""
-    visible = [c for c in cells if c["customers"] >= min_count]
-    hidden = [c for c in cells if 0 < c["customers"] < min_count]
-    for c in hidden:
-        log.info("withheld cell '%s' of '%s': fewer customers than the minimum count", c["cell"], partition)
-    # A lone withheld cell, or withheld cells adding up to fewer than min_count, could be
-    # recovered from the published total: withhold the next-smallest cell too.
-    while hidden and (len(hidden) == 1 or sum(c["customers"] for c in hidden) < min_count) and visible:
-        extra = min(visible, key=lambda c: (c["customers"], str(c["cell"])))
-        visible.remove(extra)
-        hidden.append(extra)
-        log.info("withheld cell '%s' of '%s': protects another withheld cell", extra["cell"], partition)
-    return visible, len(hidden)
+    counts = {str(c["cell"]): int(c["customers"]) for c in cells}
+    published, withheld = suppress(counts, min_count=min_count)
+    for name in withheld:
+        reason = "fewer customers than the minimum count" if counts[name] < min_count else "protects another withheld cell"
+        log.info("withheld cell '%s' of '%s': %s", name, partition, reason)
+    keep = {name for name in published if counts[name] > 0}  # empty cells are not reported at all
+    return [c for c in cells if str(c["cell"]) in keep], len(withheld)
 
 
 def write_analytics(result: AnalyticsResult, out_dir: Path | str) -> list[Path]:
