@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from fedcrm.certs_cli import app as certs_app
 from fedcrm.client.cli import app as client_app
 from fedcrm.consent.cli import app as consent_app
 from fedcrm.coordinator.cli import app as coordinator_app
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.add_typer(client_app, name="client", help="Partner side: keys, ingestion, quality, analytics, training, scoring.")
 app.add_typer(coordinator_app, name="coordinator", help="Operator side: federated runs, registry, API, dashboard.")
 app.add_typer(consent_app, name="consent", help="Consent ledger: grants, withdrawals, audit log, verification.")
+app.add_typer(certs_app, name="certs", help="TLS certificates: CA, server and client certificates, rotation.")
 app.command("demo", help="End-to-end demo on the bundled Telco partners.")(demo_command)
 app.command("partition", help="Split a data set into partner organisations (IID, skewed, many).")(partition_command)
 

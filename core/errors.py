@@ -21,6 +21,14 @@ class TaskSchemaMismatch(FedcrmError):
     """Two parties disagree on the task schema (hash differs)."""
 
 
+class ProtocolError(FedcrmError):
+    """A message does not match the wire contract (names the message and field)."""
+
+
+class ProtocolVersionMismatch(ProtocolError):
+    """A message speaks another protocol version than this side (names both versions)."""
+
+
 # --- partner side -----------------------------------------------------------------
 
 
@@ -48,6 +56,13 @@ class MinimumCountNotMet(ClientError):
     """A partner's data for a round covers fewer distinct customers than the minimum."""
 
 
+class OrderRefused(ClientError):
+    """A partner refused an order (unapproved task, purpose its policy does not allow, another consent time).
+
+    The refusal is recorded in the partner's consent ledger before this is raised.
+    """
+
+
 class ClippingRangeExceeded(ClientError):
     """Scaled parameters fall outside the SecAgg+ clipping range (they would be corrupted)."""
 
@@ -69,6 +84,10 @@ class PurposeNotAllowed(ConsentError):
 
 class ConsentImportError(ConsentError):
     """A consent import file has a bad row; nothing was written."""
+
+
+class DuplicateReceipt(ConsentImportError):
+    """A consent receipt id is already in the ledger (a re-import); nothing was written."""
 
 
 class LedgerIntegrityError(ConsentError):
@@ -137,3 +156,18 @@ class LedgerNotFound(ConsentError):
 
 class BundleError(LedgerIntegrityError):
     """An exported ledger bundle is malformed (names the file and field)."""
+
+
+# --- deployment (TLS, node authentication) ------------------------------------------
+
+
+class CertificateError(FedcrmError):
+    """A TLS certificate or key is missing, invalid, expired or too readable (names the file)."""
+
+
+class NodeKeyError(FedcrmError):
+    """A SuperNode authentication key is missing, invalid or would be overwritten (names the file)."""
+
+
+class PartnerRegistryError(CoordinatorError):
+    """A partner's node key cannot be registered or listed (names the partner and key file)."""
