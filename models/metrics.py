@@ -1,11 +1,19 @@
-"""Ranking metrics used for customer models: ROC AUC, PR AUC, top-decile lift."""
+"""Ranking metrics used for customer models: ROC AUC, PR AUC, top-decile lift.
+
+Written in numpy rather than taken from scikit-learn on purpose: these run on the
+partner's side in every evaluation message, and importing ``sklearn.metrics`` costs
+about 2 s of CPU per process (it pulls in scipy and most of scikit-learn) for three
+one-line formulas. The definitions are scikit-learn's exactly — ``roc_auc_score``
+(Mann-Whitney U with average ranks for tied scores) and ``average_precision_score``
+(step-wise sum over distinct score thresholds) — and tests/models check them against
+scikit-learn to 1e-9 on data with and without ties.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def both_classes(y: np.ndarray) -> bool:
@@ -13,14 +21,51 @@ def both_classes(y: np.ndarray) -> bool:
     return 0 < float(np.sum(y)) < len(y)
 
 
+def _labels_and_scores(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(y).astype(bool).ravel()
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != values.shape:
+        raise ValueError(f"{labels.shape[0]} labels but {values.shape[0]} scores")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("scores contain NaN or infinity")
+    return labels, values
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts).astype(np.float64)
+    return ((ends - counts + 1.0 + ends) / 2.0)[inverse.ravel()]
+
+
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (NaN when only one class is present)."""
-    return float(roc_auc_score(y, scores)) if both_classes(y) else math.nan
+    labels, values = _labels_and_scores(y, scores)
+    if not both_classes(labels):
+        return math.nan
+    n_pos = float(labels.sum())
+    n_neg = float(len(labels)) - n_pos
+    rank_sum = float(average_ranks(values)[labels].sum())
+    return (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
 
 
 def pr_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision, the usual estimate of the area under the precision-recall curve."""
-    return float(average_precision_score(y, scores)) if both_classes(y) else math.nan
+    """Average precision, the usual estimate of the area under the precision-recall curve.
+
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds in decreasing
+    order (tied scores form one threshold), as scikit-learn's ``average_precision_score``.
+    """
+    labels, values = _labels_and_scores(y, scores)
+    if not both_classes(labels):
+        return math.nan
+    order = np.argsort(-values, kind="mergesort")
+    sorted_values, sorted_labels = values[order], labels[order]
+    # Last index of each run of equal scores: one threshold per distinct value.
+    last = np.r_[np.flatnonzero(np.diff(sorted_values)), len(sorted_values) - 1]
+    true_pos = np.cumsum(sorted_labels, dtype=np.float64)[last]
+    precision = true_pos / (last + 1.0)
+    recall = true_pos / true_pos[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def top_decile_lift(y: np.ndarray, scores: np.ndarray) -> float:
