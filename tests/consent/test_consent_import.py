@@ -80,6 +80,18 @@ def bad(rows_or_row: str, line: int = 3) -> list[str]:
         (bad(GOOD_ROWS[1].replace(",web-form,", ",,")), 3, "source", "missing value"),
         (bad(GOOD_ROWS[1].replace("5575-GNVDE", "")), 3, "customer_id", "missing value"),
         (bad(GOOD_ROWS[2].replace("rcpt-2", "rcpt-1"), line=4), 4, "receipt_id", "duplicate receipt id (first on line 3)"),
+        # Timestamps Python parses but cannot represent in UTC (year 1 shifted back, year 9999 forward).
+        (bad(GOOD_ROWS[1].replace("2024-04-01T00:00:00+02:00", "0001-01-01T00:00:00+01:00")), 3, "effective_at", "out of range"),
+        (bad(GOOD_ROWS[1].replace("2025-04-01T00:00:00Z", "9999-12-31T23:00:00-05:00")), 3, "expires_at", "after 9999-12-31"),
+        (bad(GOOD_ROWS[1].replace("2024-04-01T00:00:00Z,web", "2024-04-01T00:00:00+23:59:59.5,web")), 3, "recorded_at", "not an ISO-8601"),
+        (bad(GOOD_ROWS[1].replace("2024-04-01T00:00:00Z,web", "2024-W14-1T00:00Z,web")), 3, "recorded_at", "not an ISO-8601"),
+        (bad(GOOD_ROWS[1].replace("2024-04-01T00:00:00Z,web", "2024-04-01T00:00:00\x00Z,web")), 3, "recorded_at", "U+0000"),
+        # A grant for a category the purpose can never use would be recorded and do nothing.
+        (bad(GOOD_ROWS[1].replace("user.behavior.purchase_history", "user.contact.email")), 3, "category", "may not use 'user.contact.email'"),
+        # A quoted value with a line break: how an unclosed quote swallows the rows after it.
+        (bad(GOOD_ROWS[1].replace(",web-form,", ',"web\n4-NOTAROW,form",')), 3, "source", "line break"),
+        # Physical line numbers: a blank line still counts.
+        ([GOOD_ROWS[0], "", GOOD_ROWS[1].replace(",grant,", ",opt-in,")], 4, "action", "unknown action"),
     ],
 )
 def test_first_bad_row_is_named_and_nothing_is_written(
@@ -100,6 +112,9 @@ def test_first_bad_row_is_named_and_nothing_is_written(
         (HEADER + ",favourite_colour", "column 'favourite_colour': unknown column"),
         (HEADER.replace(",notice_version", ""), "column 'notice_version': required column is missing"),
         ("subject," + HEADER, "exactly one of 'subject' or 'customer_id'"),
+        # Two 'action' columns used to let the last one win (grants recorded as withdrawals).
+        (HEADER + ",action", "column 'action' appears twice (fields 4 and 12)"),
+        (HEADER.replace("source", " source ").replace("notice_version", "source"), "column 'source' appears twice (fields 8 and 9)"),
     ],
 )
 def test_bad_headers_are_refused_on_line_one(tmp_path: Path, header: str, needle: str) -> None:
@@ -122,8 +137,10 @@ def test_a_raw_id_in_the_subject_column_is_refused_without_echoing_it(tmp_path: 
 
 
 def test_extra_fields_and_empty_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConsentImportError, match="line 2: more fields than header columns"):
+    with pytest.raises(ConsentImportError, match="line 2: 12 fields, but the header has 11"):
         parse_consents("\n".join([HEADER, GOOD_ROWS[0] + ",surplus"]), name="c.csv", pseudonymise=pseudo)
+    with pytest.raises(ConsentImportError, match="line 3: 10 fields, but the header has 11"):
+        parse_consents("\n".join([HEADER, GOOD_ROWS[0], GOOD_ROWS[1].rsplit(",", 1)[0]]), name="c.csv", pseudonymise=pseudo)
     with pytest.raises(ConsentImportError, match="no consent records"):
         parse_consents(HEADER + "\n\n", name="c.csv", pseudonymise=pseudo)
     with pytest.raises(ConsentImportError, match="empty file"):
@@ -174,3 +191,62 @@ def test_cli_import_is_all_or_nothing_and_pseudonymises_with_the_partner_key(tmp
     with Ledger.open(d / "consent.db") as led:
         assert led.tree_size() == 3  # the failed import wrote nothing
         assert led.events()[0].event.subject == pseudonymise("7590-VHVEG", key)
+
+
+def test_malformed_quoting_is_named_by_the_line_it_starts_on(tmp_path: Path) -> None:
+    unclosed = GOOD_ROWS[1].replace(",web-form,", ',"web-form,')
+    with pytest.raises(ConsentImportError, match=r"^c.csv, line 3: a quoted field that starts in this record is never closed"):
+        parse_consents("\n".join([HEADER, GOOD_ROWS[0], unclosed, GOOD_ROWS[2]]), name="c.csv", pseudonymise=pseudo)
+    stray = GOOD_ROWS[1].replace(",web-form,", ',"web"form,')
+    with pytest.raises(ConsentImportError, match=r"^c.csv, line 3: malformed CSV"):
+        parse_consents("\n".join([HEADER, GOOD_ROWS[0], stray]), name="c.csv", pseudonymise=pseudo)
+    huge = GOOD_ROWS[1].replace(",web-form,", f',"{"x" * 200_000}",')
+    with pytest.raises(ConsentImportError, match=r"^c.csv, line 3: malformed CSV \(field larger than field limit"):
+        parse_consents("\n".join([HEADER, GOOD_ROWS[0], huge]), name="c.csv", pseudonymise=pseudo)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_byte_and_line(ledger: Ledger, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("\n".join([HEADER, GOOD_ROWS[0], GOOD_ROWS[1].replace("web-form", "f\xf6rm")]).encode("latin-1"))
+    with pytest.raises(ConsentImportError, match=rf"^{path}: not UTF-8 text \(invalid start byte at byte \d+, line 3\)"):
+        import_consents(ledger, path, pseudonymise=pseudo)
+    assert ledger.tree_size() == 0
+
+
+def test_a_withdrawal_outside_the_purposes_categories_is_still_recorded(ledger: Ledger, tmp_path: Path) -> None:
+    # An objection is never thrown away, even when it names a category the purpose does not use today.
+    row = GOOD_ROWS[0].replace(",user,", ",user.contact.email,")
+    import_consents(ledger, write(tmp_path, [row]), pseudonymise=pseudo)
+    assert ledger.events()[0].event.category == "user.contact.email"
+    with pytest.raises(ConsentImportError, match="^category: purpose 'churn_prediction' may not use 'user.contact.email'"):
+        make_consent(subject=pseudo("a"), purpose="churn_prediction", category="user.contact.email", action="grant",
+                     legal_basis="legitimate_interest", source="web", notice_version="v1")
+
+
+def test_grants_for_parents_and_children_of_the_purposes_categories_are_accepted() -> None:
+    # purchase_propensity uses user.behavior.purchase_history: its ancestors cover it, a child narrows it.
+    vocab_rows = [GOOD_ROWS[1].replace("user.behavior.purchase_history", cat) for cat in ("user", "user.behavior")]
+    events = parse_consents("\n".join([HEADER, *[r.replace("rcpt-1", f"r{i}") for i, r in enumerate(vocab_rows)]]),
+                            name="c.csv", pseudonymise=pseudo)
+    assert [e.category for e in events] == ["user", "user.behavior"]
+
+
+def test_reimporting_a_file_is_refused_naming_the_line_and_the_logged_entry(ledger: Ledger, tmp_path: Path) -> None:
+    from fedcrm.errors import DuplicateReceipt
+
+    path = write(tmp_path, GOOD_ROWS)
+    import_consents(ledger, path, pseudonymise=pseudo)
+    before = ledger.latest_checkpoint()
+    with pytest.raises(DuplicateReceipt, match=rf"^{path}, line 3, column 'receipt_id': receipt id 'rcpt-1' is already in the ledger \(entry 1\)"):
+        import_consents(ledger, path, pseudonymise=pseudo)
+    # Only one row known already: still nothing of the file is written.
+    fresh = [GOOD_ROWS[0], GOOD_ROWS[1].replace("rcpt-1", "rcpt-9"), GOOD_ROWS[2]]
+    with pytest.raises(DuplicateReceipt, match="line 4, column 'receipt_id': receipt id 'rcpt-2'.*entry 2"):
+        import_consents(ledger, write(tmp_path, fresh), pseudonymise=pseudo)
+    assert ledger.latest_checkpoint() == before
+    assert sum(1 for s in ledger.events() if s.event.receipt_id == "rcpt-1") == 1
+    # An erased receipt keeps its id in the hashed leaf, so it cannot be re-imported either.
+    ledger.erase_subject(pseudo("5575-GNVDE"))
+    with pytest.raises(DuplicateReceipt, match="'rcpt-1'"):
+        import_consents(ledger, write(tmp_path, [GOOD_ROWS[1]]), pseudonymise=pseudo)
+    assert ledger.verify().ok
