@@ -36,11 +36,13 @@ def consented_transactions(config, purpose: str, at: datetime, ledger):  # noqa:
     from fedcrm.client.transaction_ingest import TX_AMOUNT, TX_DATE, TX_QUANTITY, load_transactions  # noqa: PLC0415
     from fedcrm.consent.gate import gate  # noqa: PLC0415
 
+    from fedcrm.client.vocabulary import vocabulary_for_gate  # noqa: PLC0415
+
     frame = load_transactions(config)
     category = config.transactions.category
     columns = [TX_DATE, TX_AMOUNT] + ([TX_QUANTITY] if config.transactions.quantity else [])
     return gate(frame, {c: category for c in columns}, purpose, at, columns, ledger=ledger,
-                use=_usage(config.name, at))
+                use=_usage(config.name, at), vocabulary=vocabulary_for_gate(config, ledger))
 
 
 def consented_customers(config, purpose: str, at: datetime, ledger) -> tuple[object, list[str]]:  # noqa: ANN001
@@ -50,13 +52,15 @@ def consented_customers(config, purpose: str, at: datetime, ledger) -> tuple[obj
     """
     from fedcrm.client.ingest import load_customers  # noqa: PLC0415
     from fedcrm.consent.gate import gate  # noqa: PLC0415
+    from fedcrm.client.vocabulary import vocabulary_for_gate  # noqa: PLC0415
     from fedcrm.consent.policy import check_category  # noqa: PLC0415
 
+    vocab = vocabulary_for_gate(config, ledger)
     frame = load_customers(config)
     categories = {f: config.columns[c].category or "" for f, c in config.feature_columns().items()}
-    wanted = [f for f, cat in categories.items() if cat and check_category(purpose, cat).allowed]
+    wanted = [f for f, cat in categories.items() if cat and check_category(purpose, cat, vocabulary=vocab).allowed]
     left_out = sorted(set(categories) - set(wanted))
-    view = gate(frame, categories, purpose, at, wanted, ledger=ledger, use=_usage(config.name, at))
+    view = gate(frame, categories, purpose, at, wanted, ledger=ledger, use=_usage(config.name, at), vocabulary=vocab)
     return view, left_out
 
 

@@ -137,6 +137,15 @@ class PartnerConfig(_Strict):
     privacy: PrivacySpec = PrivacySpec()
     work_dir: Path = Path("work")
     quality: dict[str, Any] | None = Field(None, description="Data-quality rules (see client/quality.py)")
+    vocabulary: list[Path] = Field(
+        default_factory=list,
+        description="Extra consent-vocabulary YAML files (data categories, purposes, purpose_categories) "
+        "merged on top of the bundled one; e.g. the file a consortium ships beside its task schema",
+    )
+    features_not_held: list[str] = Field(
+        default_factory=list,
+        description="Task features this partner does not hold (declared, so that an unmapped feature is never a typo)",
+    )
     config_path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from fedcrm.client.config import PartnerConfig, load_partner_config
 from fedcrm.client.features import Scaling, encode_features, encode_labels
 from fedcrm.client.ingest import LABEL, SUBJECT, load_customers
 from fedcrm.client.stats import local_statistics, require_min_count
+from fedcrm.client.vocabulary import vocabulary_for_gate
 from fedcrm.consent.gate import ConsentedView, UsageContext, gate
 from fedcrm.consent.ledger import Ledger
 from fedcrm.errors import ClippingRangeExceeded, TaskSchemaMismatch
@@ -94,6 +95,7 @@ class PartnerSession:
                 use=UsageContext(
                     job_id=order.run_id, partner=self.name, model_version=order.model_version, stage=order.stage
                 ),
+                vocabulary=vocabulary_for_gate(self.config, ledger),
             )
             head = ledger.latest_checkpoint().note
         finally:

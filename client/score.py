@@ -35,6 +35,7 @@ from fedcrm.client.consented import ensure_consented
 from fedcrm.client.features import Scaling, encode_features
 from fedcrm.client.ingest import SUBJECT, load_customers, load_id_map
 from fedcrm.client.partner_session import PartnerSession
+from fedcrm.client.vocabulary import vocabulary_for_gate
 from fedcrm.consent.gate import ConsentedView, UsageContext, gate
 from fedcrm.consent.ledger import Ledger
 from fedcrm.errors import ConfigError, ModelIntegrityError
@@ -187,7 +188,8 @@ def _consented(config: PartnerConfig, task: TaskSchema, use: UsageContext, at: d
     ledger = Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path, origin=f"fedcrm/{config.name}")
     try:
         return gate(load_customers(config), session.column_categories(), task.purpose, at,
-                    session.task_columns(task, with_label=False), ledger=ledger, use=use)
+                    session.task_columns(task, with_label=False), ledger=ledger, use=use,
+                    vocabulary=vocabulary_for_gate(config, ledger))
     finally:
         ledger.close()
 

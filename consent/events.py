@@ -30,6 +30,7 @@ __all__ = [
     "LedgerEvent",
     "RefusalEvent",
     "UsageEvent",
+    "VocabularyEvent",
     "canonical_json",
     "event_adapter",
     "from_leaf",
@@ -129,7 +130,24 @@ class KeyRotationEvent(_Event):
     _to_utc = field_validator("at")(lambda cls, v: _utc(v))
 
 
-LedgerEvent = Annotated[ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent, Field(discriminator="kind")]
+class VocabularyEvent(_Event):
+    """The partner's consent vocabulary changed (extra categories, purposes, widened purposes)."""
+
+    kind: Literal["vocabulary"] = "vocabulary"
+    partner: str
+    vocabulary_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Vocabulary.fingerprint() of the merged vocabulary")
+    sources: tuple[str, ...] = Field(description="Extra vocabulary files merged, with their SHA-256")
+    added_categories: tuple[str, ...] = ()
+    added_purposes: tuple[str, ...] = ()
+    widened_purposes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    at: AwareDatetime
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
+LedgerEvent = Annotated[
+    ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | VocabularyEvent, Field(discriminator="kind")
+]
 event_adapter: TypeAdapter[Any] = TypeAdapter(LedgerEvent)
 
 #: Which fields are personal data, per event kind.

@@ -308,6 +308,11 @@ class Ledger:
             where = _E.c.idx >= start if stop is None else (_E.c.idx >= start) & (_E.c.idx < stop)
             return self._stored(conn, where)
 
+    def events_of_kind(self, kind: str) -> list[StoredEvent]:
+        """Every entry of one event kind (e.g. ``"vocabulary"``), in ledger order."""
+        with self._engine.connect() as conn:
+            return self._stored(conn, _E.c.kind == kind)
+
     def public_leaves(self, start: int, stop: int) -> list[str]:
         """The public leaf data (exactly the hashed text) of ``start <= index < stop``."""
         with self._engine.connect() as conn:

@@ -1,9 +1,15 @@
 """The consent vocabulary as data: data categories, legal bases and purposes.
 
 Shipped as YAML in ``consent/data/`` (fideslang's data-category keys plus a few marked
-extensions); a deployment merges its own YAML file on top. Categories form a tree by
-their dotted keys (``user.financial.billing`` is a child of ``user.financial``), and
-granting or allowing a category covers all of its descendants, as in Fides.
+extensions); a deployment (or a partner, or a consortium's task folder) merges its own
+YAML files on top. Categories form a tree by their dotted keys (``user.financial.billing``
+is a child of ``user.financial``), and granting or allowing a category covers all of its
+descendants, as in Fides. Because the parent *is* the dotted prefix, the tree cannot have
+a cycle; a file that also states fideslang's ``parent_key`` must state that same prefix.
+
+A deployment file may add extension categories, legal bases and purposes, and may widen a
+purpose's allowed categories under ``purpose_categories`` (the partner's decision, recorded
+in its consent ledger); it may never redefine a key that is already defined.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import hashlib
+import json
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedcrm.errors import VocabularyError
 
@@ -43,6 +52,16 @@ class DataCategory(BaseModel):
     name: str
     description: str = ""
     extension: bool = Field(False, description="True for keys fedcrm or a deployment added below a fideslang key.")
+    parent_key: str | None = Field(None, description="Optional (fideslang); must equal the key's dotted prefix.")
+
+    @model_validator(mode="after")
+    def _parent_is_the_dotted_prefix(self) -> DataCategory:
+        if self.parent_key is not None and self.parent_key != parent_of(self.key):
+            raise ValueError(
+                f"data category '{self.key}': parent_key '{self.parent_key}' is not its dotted prefix "
+                f"'{parent_of(self.key)}' (the parent is the prefix, which also rules out cycles)"
+            )
+        return self
 
     @property
     def parent(self) -> str | None:
@@ -83,6 +102,9 @@ class _VocabularyFile(BaseModel):
     data_categories: list[DataCategory] = []
     legal_bases: list[LegalBasis] = []
     purposes: list[Purpose] = []
+    purpose_categories: dict[str, list[str]] = Field(
+        default_factory=dict, description="Purpose key → extra data categories that purpose may use."
+    )
 
 
 def parent_of(key: str) -> str | None:
@@ -105,6 +127,19 @@ class Vocabulary:
         self.legal_bases: dict[str, LegalBasis] = dict(legal_bases)
         self.purposes: dict[str, Purpose] = dict(purposes)
         self.sources: tuple[str, ...] = tuple(sources)
+        #: What deployment files added on top of the bundled vocabulary (for the ledger record).
+        self.added_categories: list[str] = []
+        self.added_purposes: list[str] = []
+        self.widened_purposes: dict[str, list[str]] = {}
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the whole merged vocabulary (categories, bases, purposes), canonical JSON."""
+        body = {
+            "categories": [self.categories[k].model_dump(mode="json", exclude={"parent_key"}) for k in sorted(self.categories)],
+            "legal_bases": [self.legal_bases[k].model_dump(mode="json") for k in sorted(self.legal_bases)],
+            "purposes": [self.purposes[k].model_dump(mode="json") for k in sorted(self.purposes)],
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def category(self, key: str) -> DataCategory:
         """The category ``key``; unknown keys are an error."""
@@ -165,40 +200,71 @@ def _read_file(path: Path | str, text: str) -> _VocabularyFile:
     try:
         return _VocabularyFile.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise VocabularyError(f"{path}: {where}: {first['msg']}") from exc
+        lines = [f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise VocabularyError("\n".join(lines)) from exc
 
 
 def _merge(vocab: Vocabulary, path: str, content: _VocabularyFile, *, deployment: bool) -> None:
-    """Add one file's entries to ``vocab``, checking tree shape and references."""
-    for cat in content.data_categories:
-        if cat.key in vocab.categories:
-            raise VocabularyError(f"{path}: data category '{cat.key}' is already defined")
+    """Add one file's entries to ``vocab``, checking tree shape and references.
+
+    Every problem in the file is reported at once (one ``VocabularyError``, one line each),
+    and nothing of a bad file is merged. Categories may appear in any order within a file.
+    """
+    problems: list[str] = []
+    categories = dict(vocab.categories)
+    for cat in sorted(content.data_categories, key=lambda c: c.key.count(".")):
+        if cat.key in categories:
+            problems.append(f"data category '{cat.key}' is already defined")
+            continue
         if deployment and not cat.extension:
-            raise VocabularyError(
-                f"{path}: data category '{cat.key}': a deployment may only add extensions (set `extension: true`)"
+            problems.append(
+                f"data category '{cat.key}': a deployment may only add extensions (set `extension: true`)"
             )
+            continue
         parent = cat.parent
         if parent is None:
             if cat.extension:
-                raise VocabularyError(f"{path}: extension category '{cat.key}' must be a child of an existing key")
-        elif parent not in vocab.categories:
-            raise VocabularyError(f"{path}: data category '{cat.key}' has unknown parent '{parent}'")
-        vocab.categories[cat.key] = cat
+                problems.append(f"extension category '{cat.key}' must be a child of an existing key")
+                continue
+        elif parent not in categories:
+            problems.append(f"data category '{cat.key}' has unknown parent '{parent}'")
+            continue
+        categories[cat.key] = cat
+    legal_bases = dict(vocab.legal_bases)
     for basis in content.legal_bases:
-        if basis.key in vocab.legal_bases:
-            raise VocabularyError(f"{path}: legal basis '{basis.key}' is already defined")
-        vocab.legal_bases[basis.key] = basis
+        if basis.key in legal_bases:
+            problems.append(f"legal basis '{basis.key}' is already defined")
+        else:
+            legal_bases[basis.key] = basis
+    purposes = dict(vocab.purposes)
     for purpose in content.purposes:
-        if purpose.key in vocab.purposes:
-            raise VocabularyError(f"{path}: purpose '{purpose.key}' is already defined")
-        if purpose.legal_basis not in vocab.legal_bases:
-            raise VocabularyError(f"{path}: purpose '{purpose.key}' has unknown legal basis '{purpose.legal_basis}'")
-        for key in purpose.data_categories:
-            if key not in vocab.categories:
-                raise VocabularyError(f"{path}: purpose '{purpose.key}' names unknown data category '{key}'")
-        vocab.purposes[purpose.key] = purpose
+        if purpose.key in purposes:
+            problems.append(f"purpose '{purpose.key}' is already defined")
+            continue
+        if purpose.legal_basis not in legal_bases:
+            problems.append(f"purpose '{purpose.key}' has unknown legal basis '{purpose.legal_basis}'")
+        unknown = [k for k in purpose.data_categories if k not in categories]
+        problems.extend(f"purpose '{purpose.key}' names unknown data category '{k}'" for k in unknown)
+        purposes[purpose.key] = purpose
+    widened: dict[str, list[str]] = {}
+    for key, extra in content.purpose_categories.items():
+        if key not in purposes:
+            problems.append(f"purpose_categories: unknown purpose '{key}' (known: {', '.join(sorted(purposes))})")
+            continue
+        unknown = [k for k in extra if k not in categories]
+        problems.extend(f"purpose_categories.{key} names unknown data category '{k}'" for k in unknown)
+        new = [k for k in dict.fromkeys(extra) if k in categories and k not in purposes[key].data_categories]
+        if new:
+            purposes[key] = purposes[key].model_copy(update={"data_categories": (*purposes[key].data_categories, *new)})
+            widened[key] = new
+    if problems:
+        raise VocabularyError(f"{path}: " + f"\n{path}: ".join(problems))
+    if deployment:
+        vocab.added_categories += [k for k in categories if k not in vocab.categories]
+        vocab.added_purposes += [k for k in purposes if k not in vocab.purposes]
+        for key, new in widened.items():
+            vocab.widened_purposes.setdefault(key, []).extend(new)
+    vocab.categories, vocab.legal_bases, vocab.purposes = categories, legal_bases, purposes
 
 
 def load_vocabulary(extra: Path | str | Iterable[Path | str] | None = None) -> Vocabulary:

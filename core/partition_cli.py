@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcrm.partition import partition
-
 console = Console()
 
 
@@ -19,6 +17,8 @@ def partition_command(
     split: list[str] = typer.Option(None, help="Only these splits (default: all in the spec)."),
 ) -> None:
     """Split a data set into partner directories (export + partner config each)."""
+    from fedcrm.partition import partition  # noqa: PLC0415 - imports scikit-learn: only when partitioning
+
     manifest = partition(spec, out, split or None)
     table = Table(title=f"Partners written under {out}")
     for col in ("split", "partner", "rows", "share", "positives"):

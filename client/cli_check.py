@@ -1,0 +1,50 @@
+"""`fedcrm client check`: the preflight, as a table (or JSON), exit 1 when anything would fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def print_report(report, out: Console = console) -> None:  # noqa: ANN001 - a CheckReport
+    """One Rich table of a partner's findings, errors first."""
+    table = Table(title=f"Preflight of partner {report.partner}" + (f" for task {report.task}" if report.task else ""))
+    for col in ("", "check", "column", "finding"):
+        table.add_column(col, overflow="fold")
+    for f in report.sorted_findings():
+        table.add_row(f"[{_STYLE[f.severity]}]{f.severity}[/]", f.kind, escape(f.column or ""), escape(f.message))
+    out.print(table)
+    verdict = "[green]ready[/]" if report.ok else f"[bold red]{len(report.errors)} problem(s) to fix[/]"
+    out.print(f"{report.partner}: {verdict}")
+
+
+def check(
+    config: Path = typer.Option(..., "--config", "-c", help="The partner config file (TOML or YAML)."),
+    task: Path = typer.Option(None, "--task", "-t", help="The task schema to check against (YAML or JSON)."),
+    purpose: str = typer.Option(None, help="Purpose to check categories and consent for (default: the task's)."),
+    min_count: int = typer.Option(None, "--min-count", help="The run's minimum count, if above the partner's."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON instead of a table."),
+) -> None:
+    """Check config, export, task mapping, value maps, categories, consent and minimum counts in seconds."""
+    from fedcrm.client.check import check_partner, report_json
+
+    report = check_partner(config, task, purpose=purpose, min_count=min_count)
+    if as_json:
+        typer.echo(report_json([report]))
+    else:
+        print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``check`` to the ``fedcrm client`` command group (once)."""
+    if not any(c.name == "check" for c in app.registered_commands):
+        app.command("check")(check)
