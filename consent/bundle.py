@@ -13,6 +13,7 @@ no personal payloads: leaves carry only salted hashes of personal values.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,13 @@ from fedcrm.errors import BundleError, CheckpointError, MerkleProofError, Signin
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
 
-__all__ = ["BUNDLE_FORMAT", "LeafRow", "VerificationReport", "check_log", "export_bundle", "verify_bundle"]
+__all__ = ["BUNDLE_FORMAT", "HeadRow", "LeafRow", "VerificationReport", "check_log", "export_bundle", "verify_bundle"]
 
-BUNDLE_FORMAT = "fedcrm-consent-bundle/1"
+#: Version 2 carries every signed head (so an edit is located as the database check does);
+#: version 1 bundles (the newest head only) still verify.
+BUNDLE_FORMAT = "fedcrm-consent-bundle/2"
+_FORMATS = ("fedcrm-consent-bundle/1", BUNDLE_FORMAT)
+_INDEX = re.compile(r'"index":(\d+)[,}]')
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,18 @@ class LeafRow(NamedTuple):
     stored_leaf_hash: bytes | None = None
     #: field -> (salt, value) of personal payloads still stored.
     payloads: dict[str, tuple[bytes, str]] | None = None
+    #: The stored ``kind`` and ``fingerprint`` columns (derived data, checked by ``integrity``).
+    kind: str | None = None
+    fingerprint: str | None = None
+
+
+class HeadRow(NamedTuple):
+    """A stored signed head: its size and root columns, and (where stored) its note and frontier."""
+
+    size: int
+    root_hash: bytes
+    note: str | None = None
+    frontier: bytes | None = None
 
 
 class _Bad(Exception):
@@ -68,6 +85,9 @@ def _check_entry(row: LeafRow, expected: int) -> bytes:
     # '"key":' can only be a real top-level key, since a '"' inside a string value is
     # always escaped. A leaf whose text is not valid JSON still fails its signed head.
     text = row.public_json
+    if "\r" in text or "\n" in text:
+        # Canonical JSON escapes control characters: a raw CR means CRLF line endings or an edit.
+        raise _Bad("entry", expected, f"entry {expected}: its data contains a raw line break (CRLF line endings?)")
     if row.idx != expected:
         raise _Bad("entry", expected, f"entry {expected} is missing (the next stored entry is {row.idx})")
     tag = f'"index":{expected}'
@@ -84,32 +104,57 @@ def _check_entry(row: LeafRow, expected: int) -> bytes:
 
 def check_log(
     rows: Iterable[LeafRow],
-    heads: Iterable[tuple[int, bytes]],
+    heads: Iterable[HeadRow | tuple[int, bytes]],
     newest: cp.Checkpoint,
     *,
     trusted: cp.Checkpoint | None = None,
     head_check: Any = None,
+    after: Any = None,
 ) -> VerificationReport:
     """Check entries (ordered by index) against signed heads.
 
     Parameters
     ----------
     rows: the stored entries, ordered by index.
-    heads: ``(size, root)`` of stored heads, ordered by size; each is compared when
-        the recomputed tree reaches its size, which locates a bad entry to the
-        entries after the last matching head.
+    heads: stored heads (:class:`HeadRow`), ordered by size; each is checked when the
+        recomputed tree reaches its size, which locates a bad entry to the entries
+        after the last matching head. A stored frontier must equal the recomputed one.
     newest: the newest head, signature already checked by the caller.
     trusted: a head held outside (signature checked): the log must extend it.
-    head_check: ``callable(size) -> str | None`` called on a head that does not match,
-        returning why the head itself is bad (bad signature, altered row) or None.
+    head_check: ``callable(head) -> str | None`` called on EVERY head before its root is
+        compared, returning why the head itself is bad (bad signature, altered row) or None.
+    after: ``callable() -> tuple[failure, index, message] | None`` run once the tree
+        verified (derived-table checks); its problem becomes the report.
     """
     frontier = TreeFrontier()
     keep = [] if trusted is not None else None  # leaf hashes, only for the RFC consistency proof
-    head_iter: Iterator[tuple[int, bytes]] = iter(heads)
+    head_iter: Iterator[HeadRow | tuple[int, bytes]] = iter(heads)
     next_head = next(head_iter, None)
     proven = 0
     expected = 0
+
+    def pass_heads() -> None:
+        nonlocal next_head, proven
+        while next_head is not None and next_head[0] <= expected:
+            head = HeadRow(*next_head)
+            if head.size == expected:
+                why = head_check(head) if head_check else None
+                if why:
+                    raise _Bad("head", None, why)
+                if frontier.root() != head.root_hash:
+                    raise _Bad(
+                        "entry", proven,
+                        f"entries {proven}..{head.size - 1} do not match the signed head of size {head.size}; "
+                        f"entry {proven} is the first not proven by an earlier head",
+                    )
+                if head.frontier is not None and head.frontier != frontier.to_bytes():
+                    raise _Bad("head", None, f"signed_heads row of size {head.size}: its stored frontier was altered "
+                                             "(it does not match the tree; the next append would refuse it)")
+                proven = head.size
+            next_head = next(head_iter, None)
+
     try:
+        pass_heads()
         for row in rows:
             if expected >= newest.size:
                 raise _Bad("entry", expected, f"entry {expected} is not covered by the newest signed head (size {newest.size})")
@@ -118,20 +163,7 @@ def check_log(
             if keep is not None:
                 keep.append(leaf)
             expected += 1
-            while next_head is not None and next_head[0] <= expected:
-                size, root = next_head
-                if size == expected and frontier.root() != root:
-                    why = head_check(size) if head_check else None
-                    if why:
-                        raise _Bad("head", None, why)
-                    raise _Bad(
-                        "entry", proven,
-                        f"entries {proven}..{size - 1} do not match the signed head of size {size}; "
-                        f"entry {proven} is the first not proven by an earlier head",
-                    )
-                if size == expected:
-                    proven = size
-                next_head = next(head_iter, None)
+            pass_heads()
             if trusted is not None and expected == trusted.size and frontier.root() != trusted.root_hash:
                 raise _Bad(
                     "consistency", None,
@@ -155,6 +187,9 @@ def check_log(
                 verify_consistency(trusted.size, newest.size, trusted.root_hash, newest.root_hash, proof)
             except MerkleProofError as exc:
                 raise _Bad("consistency", None, f"consistency with the trusted head failed: {exc}") from None
+        problem = after() if after is not None else None
+        if problem is not None:
+            raise _Bad(*problem)
     except _Bad as bad:
         return VerificationReport(
             ok=False, checked_size=expected, message=bad.message, first_bad_index=bad.index, failure=bad.failure,
@@ -185,36 +220,55 @@ def export_bundle(ledger: Ledger, path: Path) -> cp.Checkpoint:
     path = Path(path)
     head = ledger.latest_checkpoint()
     leaves = ledger.public_leaves(0, head.size)
+    notes = ledger.head_notes(head.size)
     pem = ledger.public_key_pem.decode()
     manifest = _manifest(head.origin, ledger.verifier, head.size)
     if path.suffix == ".json":
-        doc = {**manifest, "checkpoint": head.note, "public_key_pem": pem, "leaves": leaves}
+        doc = {**manifest, "checkpoint": head.note, "checkpoints": notes, "public_key_pem": pem, "leaves": leaves}
         path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n", encoding="ascii")
         return head
     path.mkdir(parents=True, exist_ok=True)
-    (path / "bundle.json").write_text(canonical_json(manifest) + "\n", encoding="utf-8")
-    (path / "checkpoint.txt").write_text(head.note, encoding="utf-8")
-    (path / "public_key.pem").write_text(pem, encoding="utf-8")
+    (path / "bundle.json").write_bytes((canonical_json(manifest) + "\n").encode())
+    (path / "checkpoint.txt").write_bytes(head.note.encode())
+    (path / "public_key.pem").write_bytes(pem.encode())
+    (path / "checkpoints.jsonl").write_bytes("".join(json.dumps(n, ensure_ascii=True) + "\n" for n in notes).encode())
     with (path / "leaves.jsonl").open("w", encoding="utf-8", newline="\n") as fh:
         for leaf in leaves:
             fh.write(leaf + "\n")
     return head
 
 
-def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str]]:
-    """Manifest, checkpoint note, public key PEM and leaves; every byte must be canonical."""
+def _text(path: Path) -> str:
+    """A file's exact text: UTF-8, no newline translation (a CRLF must not pass as LF)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 ({exc})") from None
+
+
+def _lines(path: Path) -> list[str]:
+    text = _text(path)
+    if text and not text.endswith("\n"):
+        raise BundleError(f"{path}: last line has no newline")
+    return text.split("\n")[:-1] if text else []
+
+
+def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str], list[str] | None]:
+    """Manifest, checkpoint note, public key PEM, leaves and (format 2) every head; every byte must be canonical."""
     if path.is_dir():
-        manifest_text = (path / "bundle.json").read_text(encoding="utf-8")
+        manifest_text = _text(path / "bundle.json")
         manifest = json.loads(manifest_text)
         if not isinstance(manifest, dict):
             raise BundleError(f"{path / 'bundle.json'}: not a JSON object")
         if manifest_text != canonical_json(manifest) + "\n":
             raise BundleError(f"{path / 'bundle.json'}: not in canonical form (edited?)")
-        leaves_text = (path / "leaves.jsonl").read_text(encoding="utf-8")
-        if leaves_text and not leaves_text.endswith("\n"):
-            raise BundleError(f"{path / 'leaves.jsonl'}: last line has no newline")
-        leaves = leaves_text.split("\n")[:-1] if leaves_text else []
-        return manifest, (path / "checkpoint.txt").read_text(encoding="utf-8"), (path / "public_key.pem").read_text(encoding="utf-8"), leaves
+        leaves = _lines(path / "leaves.jsonl")
+        notes = None
+        if (path / "checkpoints.jsonl").exists():
+            notes = [json.loads(line) for line in _lines(path / "checkpoints.jsonl")]
+            if not all(isinstance(n, str) for n in notes):
+                raise BundleError(f"{path / 'checkpoints.jsonl'}: every line must be one JSON string (a note)")
+        return manifest, _text(path / "checkpoint.txt"), _text(path / "public_key.pem"), leaves, notes
     raw = path.read_bytes()
     try:
         doc = json.loads(raw.decode("ascii"))
@@ -227,16 +281,42 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], str, str, Sequence[str]]:
     for name, kind in (("checkpoint", str), ("public_key_pem", str), ("leaves", list)):
         if not isinstance(doc.get(name), kind):
             raise BundleError(f"{path}: field '{name}' is missing or not a {kind.__name__}")
-    manifest = {k: v for k, v in doc.items() if k not in ("checkpoint", "public_key_pem", "leaves")}
+    notes = doc.get("checkpoints")
+    if notes is not None and not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+        raise BundleError(f"{path}: field 'checkpoints' must be a list of notes")
+    manifest = {k: v for k, v in doc.items() if k not in ("checkpoint", "checkpoints", "public_key_pem", "leaves")}
     if not all(isinstance(x, str) for x in doc["leaves"]):
         raise BundleError(f"{path}: field 'leaves' must hold strings")
-    return manifest, doc["checkpoint"], doc["public_key_pem"], doc["leaves"]
+    return manifest, doc["checkpoint"], doc["public_key_pem"], doc["leaves"], notes
+
+
+def _bundle_heads(notes: list[str], newest: cp.Checkpoint, public_key: Ed25519PublicKey, key_name: str) -> list[HeadRow]:
+    """The bundle's heads, each signature checked, ordered by size and ending at the newest."""
+    heads: list[HeadRow] = []
+    for n, note in enumerate(notes):
+        try:
+            head = cp.verify_checkpoint(note, public_key, key_name, origin=newest.origin)
+        except CheckpointError as exc:
+            raise BundleError(f"signed head {n} of the bundle is bad: {exc}") from None
+        if heads and head.size <= heads[-1].size:
+            raise BundleError(f"signed head {n} of the bundle (size {head.size}) is out of order")
+        heads.append(HeadRow(head.size, head.root_hash))
+    if not heads or heads[-1].size != newest.size or heads[-1].root_hash != newest.root_hash:
+        raise BundleError("the bundle's last signed head is not its checkpoint")
+    return heads
+
+
+def _leaf_rows(leaves: Sequence[str]) -> Iterator[LeafRow]:
+    """Rows numbered by the index each leaf carries, so a missing leaf is named as missing."""
+    for pos, text in enumerate(leaves):
+        m = _INDEX.search(text)
+        yield LeafRow(int(m.group(1)) if m else pos, text)
 
 
 def verify_bundle(
     path: Path, trusted: cp.Checkpoint | str | None = None, verifier: str | None = None, public_key_pem: bytes | None = None
 ) -> VerificationReport:
-    """Verify a bundle offline: signature, every leaf, the root, and (optionally) a trusted head.
+    """Verify a bundle offline: signatures, every leaf, every root, and (optionally) a trusted head.
 
     ``verifier`` (a signed-note verifier string) or ``public_key_pem`` pins the expected
     key; without either the bundle's own key is used, which proves the bundle intact
@@ -244,11 +324,11 @@ def verify_bundle(
     """
     path = Path(path)
     try:
-        manifest, note, pem, leaves = _read_bundle(path)
+        manifest, note, pem, leaves, notes = _read_bundle(path)
         if set(manifest) != {"format", "origin", "verifier", "size"} or not isinstance(manifest.get("origin"), str):
             raise BundleError(f"{path}: manifest needs exactly the fields format, origin, verifier, size")
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: field 'format' is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        if manifest.get("format") not in _FORMATS:
+            raise BundleError(f"{path}: field 'format' is {manifest.get('format')!r}, expected one of {_FORMATS}")
         key_name, public_key = cp.parse_verifier(str(manifest.get("verifier")))
         pem_key = cp.load_public_key(pem.encode(), f"{path}: public_key_pem")
         if cp.verifier_string(key_name, pem_key) != manifest["verifier"] or pem != cp.public_key_pem(pem_key).decode():
@@ -260,10 +340,13 @@ def verify_bundle(
             if cp.public_key_pem(pinned) != cp.public_key_pem(public_key):
                 raise BundleError(f"{path}: signed by {manifest['verifier']!r}, not by the pinned public key")
         head = cp.verify_checkpoint(note, public_key, key_name, origin=manifest.get("origin"))
-        if head.size != manifest.get("size") or head.size != len(leaves):
-            raise BundleError(f"{path}: checkpoint size {head.size}, field 'size' {manifest.get('size')}, {len(leaves)} leaves")
+        if head.size != manifest.get("size"):
+            raise BundleError(f"{path}: checkpoint size {head.size}, field 'size' {manifest.get('size')}")
+        if manifest["format"] == BUNDLE_FORMAT and notes is None:
+            raise BundleError(f"{path}: a {BUNDLE_FORMAT} bundle needs its signed heads (checkpoints)")
+        heads = _bundle_heads(notes, head, public_key, key_name) if notes is not None else []
         trusted_cp = coerce_trusted(trusted, public_key, key_name, head.origin) if trusted is not None else None
     except (BundleError, CheckpointError, SigningKeyError, OSError, ValueError) as exc:
         return VerificationReport(ok=False, checked_size=0, message=str(exc), failure="signature")
-    rows = (LeafRow(i, text) for i, text in enumerate(leaves))
-    return check_log(rows, [], head, trusted=trusted_cp)
+    # A missing or extra leaf is an entry failure at its index (check_log names it), not a signature failure.
+    return check_log(_leaf_rows(leaves), heads, head, trusted=trusted_cp)

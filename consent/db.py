@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fedcrm.consent.bundle import LeafRow
+from fedcrm.consent.bundle import HeadRow, LeafRow
 
 __all__ = [
     "Base",
@@ -166,30 +166,39 @@ def make_engine(url: str | Path) -> Engine:
 _STREAM = 20_000
 
 
-def stream_rows(conn: Connection) -> tuple[Iterator[LeafRow], Iterator[tuple[int, bytes]]]:
-    """Entries (with their payloads) and heads, each ordered, streamed for verification.
+def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[LeafRow], Iterator[HeadRow]]:
+    """Entries (with their payloads and derived columns) and heads, each ordered, streamed.
 
     Three ordered scans merged in Python instead of a join: a join would repeat the
-    entry per payload and is slower on both engines for a full pass.
+    entry per payload and is slower on both engines for a full pass. ``upto`` limits
+    entries and payloads to indexes below it (the gate's read). Heads are read lazily.
     """
     e, p, h = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
     streaming = conn.execution_options(yield_per=_STREAM)
-    entries = streaming.execute(select(e.c.idx, e.c.public_json, e.c.leaf_hash).order_by(e.c.idx))
-    payloads = streaming.execute(select(p.c.idx, p.c.field, p.c.salt, p.c.value).order_by(p.c.idx, p.c.field))
-    heads = streaming.execute(select(h.c.size, h.c.root_hash).order_by(h.c.size))
+    eq = select(e.c.idx, e.c.public_json, e.c.leaf_hash, e.c.kind, e.c.fingerprint).order_by(e.c.idx)
+    pq = select(p.c.idx, p.c.field, p.c.salt, p.c.value).order_by(p.c.idx, p.c.field)
+    if upto is not None:
+        eq, pq = eq.where(e.c.idx < upto), pq.where(p.c.idx < upto)
+    entries = streaming.execute(eq)
+    payloads = streaming.execute(pq)
 
     def rows() -> Iterator[LeafRow]:
         pay_iter = iter(payloads)
         pending = next(pay_iter, None)
-        for idx, public_json, leaf_hash in entries:
+        for idx, public_json, leaf_hash, kind, fingerprint in entries:
             mine: dict[str, tuple[bytes, str]] = {}
             while pending is not None and pending[0] <= idx:
                 if pending[0] == idx:
                     mine[pending[1]] = (pending[2], pending[3])
                 pending = next(pay_iter, None)
-            yield LeafRow(idx, public_json, leaf_hash, mine)
+            yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
 
-    return rows(), ((size, root) for size, root in heads)
+    def heads() -> Iterator[HeadRow]:
+        q = select(h.c.size, h.c.root_hash, h.c.note, h.c.frontier).order_by(h.c.size)
+        for size, root, note, frontier in streaming.execute(q):
+            yield HeadRow(size, root, note, frontier)
+
+    return rows(), heads()
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"

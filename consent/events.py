@@ -26,6 +26,7 @@ __all__ = [
     "PERSONAL_FIELDS",
     "PseudonymGraph",
     "ConsentEvent",
+    "ErasureEvent",
     "KeyRotationEvent",
     "LedgerEvent",
     "RefusalEvent",
@@ -34,9 +35,12 @@ __all__ = [
     "canonical_json",
     "event_adapter",
     "from_leaf",
+    "leaf_kind",
+    "mapping_fingerprint",
     "pseudonym_key_id",
     "salted_hash",
     "subject_fingerprint",
+    "suppression_hash",
     "to_leaf",
 ]
 
@@ -130,6 +134,30 @@ class KeyRotationEvent(_Event):
     _to_utc = field_validator("at")(lambda cls, v: _utc(v))
 
 
+class ErasureEvent(_Event):
+    """A subject's personal data was erased (right to erasure); the leaf keeps what verify needs.
+
+    No pseudonym appears in it: ``erased_indices`` are the consent entries whose subject
+    payload was removed (verify accepts exactly those missing), ``subject_sets`` and
+    ``rotations`` give the fingerprint of what remains of each usage record's subject set
+    ``(usage fingerprint, remaining fingerprint, remaining members)`` and of each rotation
+    mapping ``(key_rotation index, remaining mapping fingerprint, remaining rows)``, and
+    ``suppressed`` holds :func:`suppression_hash` of every pseudonym the subject had, so a
+    withdrawal or objection made before the erasure stays in force: the gate never lets
+    those pseudonyms through again.
+    """
+
+    kind: Literal["erasure"] = "erasure"
+    request_id: str = Field(min_length=1, max_length=200)
+    at: AwareDatetime
+    erased_indices: tuple[int, ...]
+    subject_sets: tuple[tuple[str, str, int], ...] = ()
+    rotations: tuple[tuple[int, str, int], ...] = ()
+    suppressed: tuple[str, ...]
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
 class VocabularyEvent(_Event):
     """The partner's consent vocabulary changed (extra categories, purposes, widened purposes)."""
 
@@ -146,7 +174,8 @@ class VocabularyEvent(_Event):
 
 
 LedgerEvent = Annotated[
-    ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | VocabularyEvent, Field(discriminator="kind")
+    ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | ErasureEvent | VocabularyEvent,
+    Field(discriminator="kind"),
 ]
 event_adapter: TypeAdapter[Any] = TypeAdapter(LedgerEvent)
 
@@ -162,6 +191,34 @@ def pseudonym_key_id(pseudonym: str) -> str:
 def subject_fingerprint(subjects: Iterable[str]) -> str:
     """SHA-256 hex over the distinct pseudonyms, sorted, joined by newlines."""
     return hashlib.sha256("\n".join(sorted(set(subjects))).encode()).hexdigest()
+
+
+def mapping_fingerprint(mapping: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 hex over the sorted ``old\tnew\n`` lines of a key-rotation mapping."""
+    return hashlib.sha256("".join(sorted(f"{o}\t{n}\n" for o, n in mapping)).encode()).hexdigest()
+
+
+def suppression_hash(pseudonym: str) -> str:
+    """What an erasure keeps of a pseudonym: SHA-256 hex of a domain tag and the pseudonym.
+
+    Only the key holder (the partner) can link it to a customer; the gate compares it
+    with the pseudonyms it is given, to keep erased subjects out for good.
+    """
+    return hashlib.sha256(b"fedcrm-suppression/1\n" + pseudonym.encode()).hexdigest()
+
+
+_KIND = re.compile(r'"kind":"([a-z_]+)"')
+
+
+def leaf_kind(public_json: str) -> str | None:
+    """The ``kind`` a leaf's own (hashed) text declares; None if it has none.
+
+    A substring match is exact here: in canonical JSON a quote inside a string value is
+    escaped, so ``"kind":"…"`` can only be the top-level key (no event nests an object
+    whose values are strings under a ``kind`` key).
+    """
+    m = _KIND.search(public_json)
+    return m.group(1) if m else None
 
 
 def canonical_json(obj: Any) -> str:

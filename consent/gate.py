@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from fedcrm.consent.events import RefusalEvent, UsageEvent, subject_fingerprint
+from fedcrm.consent.events import RefusalEvent, UsageEvent, subject_fingerprint, suppression_hash
 from fedcrm.consent.policy import check_category, evaluate_subjects
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 from fedcrm.errors import ConsentError, PurposeNotAllowed
@@ -243,7 +243,10 @@ def gate(
     unique = pd.unique(frame[SUBJECT].astype(str))
     with ledger.transaction() as txn:
         size = txn.tree_size()
-        events = txn.consent_events(upto_size=size)
+        # Fail closed: every leaf below `size` re-hashed and proven against the signed root,
+        # kinds taken from the hashed text, payloads and rotation rows checked (else it raises).
+        history = txn.history()
+        events = ledger._consent_events(history, size, None)
         coverage = evaluate_subjects(
             events,
             subjects=unique,
@@ -254,6 +257,9 @@ def gate(
             vocabulary=vocab,
         )
         covered = coverage.covered
+        if history.suppressed:
+            # Erased subjects stay out for good under this key, whatever the receipts say.
+            covered = frozenset(s for s in covered if suppression_hash(s) not in history.suppressed)
         kept = frame.loc[frame[SUBJECT].isin(covered), [SUBJECT, *requested]].reset_index(drop=True)
         fingerprint = subject_fingerprint(covered)
         txn.store_subject_set(fingerprint, covered)

@@ -9,21 +9,20 @@ by the Alembic migrations shipped in ``fedcrm.consent.migrations``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, delete, func, insert, or_, select, text
+from sqlalchemy import Connection, func, insert, select, text
 
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent import merkle
-from fedcrm.consent.bundle import VerificationReport, check_log, coerce_trusted
+from fedcrm.consent.bundle import HeadRow, VerificationReport, check_log, coerce_trusted
 from fedcrm.consent.db import (
     KeyRotation,
     LedgerMeta,
@@ -42,10 +41,15 @@ from fedcrm.consent.events import (
     UsageEvent,
     event_adapter,
     from_leaf,
+    mapping_fingerprint,
     pseudonym_key_id,
     to_leaf,
 )
+from fedcrm.consent.integrity import ConsentFacts, History, LogFacts, read_history
 from fedcrm.errors import CheckpointError, ConsentError, LedgerIntegrityError, LedgerNotFound, SigningKeyError
+
+if TYPE_CHECKING:
+    from fedcrm.consent.erasure import ErasureResult
 
 __all__ = ["Checkpoint", "Ledger", "LedgerTxn", "StoredEvent", "VerificationReport"]
 
@@ -75,10 +79,10 @@ class LedgerTxn:
 
     def __init__(self, ledger: Ledger, conn: Connection) -> None:
         self._ledger, self._conn = ledger, conn
-        row = conn.execute(select(_H.c.size, _H.c.frontier).order_by(_H.c.size.desc()).limit(1)).one_or_none()
+        row = conn.execute(select(_H.c.size, _H.c.note, _H.c.frontier).order_by(_H.c.size.desc()).limit(1)).one_or_none()
         if row is None:
             raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
-        self._frontier = merkle.TreeFrontier.from_bytes(row.size, row.frontier)
+        self._frontier = ledger._checked_frontier(row.size, row.note, row.frontier)
         last = conn.execute(select(func.max(_E.c.idx))).scalar_one()
         if (-1 if last is None else last) != row.size - 1:
             # Never sign over entries nobody signed before, or on top of a truncated log.
@@ -91,9 +95,17 @@ class LedgerTxn:
         """Entries in the log including this transaction's appends."""
         return self._frontier.size
 
-    def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentEvent]]:
-        """Consent events with index < ``upto_size`` (see :meth:`Ledger.consent_events`)."""
-        return self._ledger._consent_events(self._conn, upto_size, subjects)
+    def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentFacts]]:
+        """Consent events with index < ``upto_size`` (see :meth:`Ledger.consent_events`), as light records."""
+        return self._ledger._consent_events(self.history(), upto_size, subjects)
+
+    def history(self) -> History:
+        """The whole log so far (this transaction's appends included), proven against the tree.
+
+        Raises :class:`LedgerIntegrityError` naming the index if anything the gate reads
+        disagrees with the signed tree (see :func:`fedcrm.consent.integrity.read_history`).
+        """
+        return read_history(self._conn, self._frontier.size, self._frontier.root())
 
     def append(self, events: Sequence[Any]) -> None:
         """Append events (models or dicts) in order; nothing is written if one is invalid."""
@@ -235,16 +247,23 @@ class Ledger:
         return txn.checkpoint or self.latest_checkpoint()
 
     def record_key_rotation(self, mapping: dict[str, str], old_key_id: str, new_key_id: str) -> cp.Checkpoint:
-        """Store the partner-local old -> new pseudonym mapping and log the rotation."""
+        """Store the partner-local old -> new pseudonym mapping and log the rotation (once per key pair)."""
         for old, new in mapping.items():
             if pseudonym_key_id(old) != old_key_id or pseudonym_key_id(new) != new_key_id:
                 raise ConsentError(f"mapping {old} -> {new} does not go from key {old_key_id} to key {new_key_id}")
-        lines = "".join(f"{o}\t{n}\n" for o, n in sorted(mapping.items()))
         event = KeyRotationEvent(
             old_key_id=old_key_id, new_key_id=new_key_id,
-            mapping_fingerprint=hashlib.sha256(lines.encode()).hexdigest(), at=datetime.now(UTC),
+            mapping_fingerprint=mapping_fingerprint(mapping.items()), at=datetime.now(UTC),
         )
         with self.transaction() as txn:
+            done = txn._conn.execute(select(_K.c.old_key_id).where(
+                (_K.c.old_key_id == old_key_id) & (_K.c.new_key_id == new_key_id)).limit(1)).first()
+            logged = txn._conn.execute(select(_E.c.idx).where(
+                _E.c.public_json.contains(f'"new_key_id":"{new_key_id}"')
+                & _E.c.public_json.contains(f'"old_key_id":"{old_key_id}"')).limit(1)).first()
+            if done is not None or logged is not None:
+                # One mapping per key pair: verify checks the stored rows against that one fingerprint.
+                raise ConsentError(f"a rotation from key {old_key_id} to key {new_key_id} is already logged")
             rows = [{"old_pseudonym": o, "new_pseudonym": n, "old_key_id": old_key_id, "new_key_id": new_key_id} for o, n in mapping.items()]
             if rows:
                 txn._conn.execute(insert(_K), rows)
@@ -252,20 +271,11 @@ class Ledger:
         assert txn.checkpoint is not None
         return txn.checkpoint
 
-    def erase_subject(self, subject: str) -> int:
-        """Right to erasure: delete the subject's payloads, subject-set rows and rotation mappings.
+    def erase_subject(self, subject: str, *, request_id: str = "erasure") -> ErasureResult:
+        """Right to erasure, as a logged operation (see :func:`fedcrm.consent.erasure.erase_subject`)."""
+        from fedcrm.consent.erasure import erase_subject  # noqa: PLC0415 (erasure builds on this module)
 
-        Covers every pseudonym of the subject across key rotations. The log still
-        verifies (leaves keep only salted hashes). Returns the number of payloads erased.
-        """
-        with self._engine.connect().execution_options(ledger_write=True) as conn, conn.begin():
-            aliases = sorted(self._graph(conn).aliases(subject))
-            erased = 0
-            for chunk in _chunks(aliases):
-                erased += conn.execute(delete(_P).where(_P.c.value.in_(chunk))).rowcount
-                conn.execute(delete(_S).where(_S.c.subject.in_(chunk)))
-                conn.execute(delete(_K).where(or_(_K.c.old_pseudonym.in_(chunk), _K.c.new_pseudonym.in_(chunk))))
-        return erased
+        return erase_subject(self, subject, request_id=request_id)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -327,38 +337,44 @@ class Ledger:
         with self._engine.connect() as conn:
             return sorted(self._graph(conn).aliases(subject))
 
-    def _consent_events(self, conn: Connection, upto_size: int, subjects: Iterable[str] | None) -> list[tuple[int, ConsentEvent]]:
-        graph = self._graph(conn)
-        base = (
-            select(_E.c.idx, _E.c.public_json, _P.c.value)
-            .join(_P, (_P.c.idx == _E.c.idx) & (_P.c.field == "subject"))
-            .where((_E.c.kind == "consent") & (_E.c.idx < upto_size))
-        )
+    @staticmethod
+    def _consent_events(history: History, upto_size: int, subjects: Iterable[str] | None) -> list[tuple[int, ConsentFacts]]:
+        graph = history.graph
         if subjects is None:
-            rows = list(conn.execute(base))
             as_asked = graph.newest
+            wanted = None
         else:
             wanted = {alias: s for s in set(subjects) for alias in graph.aliases(s)}
-            rows = []
-            for chunk in _chunks(sorted(wanted)):
-                rows += conn.execute(base.where(_P.c.value.in_(chunk))).all()
             as_asked = wanted.__getitem__
         out = []
-        for r in sorted(rows, key=lambda r: r.idx):
-            event, _ = from_leaf(json.loads(r.public_json), {"subject": r.value})
-            asked = as_asked(r.value)
-            out.append((r.idx, event if asked == r.value else event.model_copy(update={"subject": asked})))
+        for idx, facts in history.consents:
+            if idx >= upto_size or (wanted is not None and facts.subject not in wanted):
+                continue
+            asked = as_asked(facts.subject)
+            out.append((idx, facts if asked == facts.subject else facts._replace(subject=asked)))
         return out
+
+    def _signed_history(self, conn: Connection) -> History:
+        note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
+        if note is None:
+            raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
+        try:
+            head = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
+        except CheckpointError as exc:
+            raise LedgerIntegrityError(f"the newest signed head does not verify ({exc}); run `fedcrm consent verify`") from exc
+        return read_history(conn, head.size, head.root_hash)
 
     def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentEvent]]:
         """Consent events with index < ``upto_size``, erased ones excluded, ordered by index.
 
         Events recorded under an older pseudonym of a subject (before a key rotation)
         are returned with ``subject`` set to the pseudonym asked for (or, with
-        ``subjects=None``, to the subject's newest pseudonym).
+        ``subjects=None``, to the subject's newest pseudonym). Read fail-closed: raises
+        :class:`LedgerIntegrityError` if the log does not verify against its signed head.
         """
         with self._engine.connect() as conn:
-            return self._consent_events(conn, upto_size, subjects)
+            found = self._consent_events(self._signed_history(conn), upto_size, subjects)
+        return [(i, ConsentEvent(**f._asdict())) for i, f in found]
 
     def events_for_subject(self, subject: str) -> list[StoredEvent]:
         """The consent history of a subject, across key rotations."""
@@ -404,34 +420,63 @@ class Ledger:
             return merkle.consistency_proof(old_size, new_size, self._subtree(conn))
 
     def verify(self, trusted: cp.Checkpoint | str | None = None) -> VerificationReport:
-        """Check the stored log against its newest signed head (and a trusted head held elsewhere).
+        """Check the stored log against its signed heads, and every derived table against the log.
 
-        Recomputes every leaf from the stored entry data, every root, and the newest
-        head's signature; names the first bad index. With ``trusted``, also proves the
-        log extends that head (catches a rewrite re-signed with this ledger's key, and
+        Recomputes every leaf from the stored entry data, every root, checks every stored
+        head's signature and frontier, then the derived tables (kinds, fingerprints,
+        payloads, subject sets, key rotations: see :mod:`fedcrm.consent.integrity`); names
+        the first bad index (or table and row). With ``trusted``, also proves the log
+        extends that head (catches a rewrite re-signed with this ledger's key, and
         truncation below the trusted size).
         """
         with self._engine.connect() as conn, conn.begin():
             if self.dialect == "postgresql":
                 conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-            note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
-            if note is None:
-                return VerificationReport(False, 0, "no signed head is stored", failure="head")
+            return self._verify_on(conn, trusted)
+
+    def _verify_on(self, conn: Connection, trusted: cp.Checkpoint | str | None) -> VerificationReport:
+        note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
+        if note is None:
+            return VerificationReport(False, 0, "no signed head is stored", failure="head")
+        try:
+            newest = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
+            trusted_cp = coerce_trusted(trusted, self._public_key, self.key_name, self.origin) if trusted is not None else None
+        except CheckpointError as exc:
+            return VerificationReport(False, 0, str(exc), failure="signature", head_size=0)
+        rows, heads = stream_rows(conn)
+        facts = LogFacts()
+
+        def head_check(head: HeadRow) -> str | None:
             try:
-                newest = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
-                trusted_cp = coerce_trusted(trusted, self._public_key, self.key_name, self.origin) if trusted is not None else None
+                signed = cp.verify_checkpoint(head.note or "", self._public_key, self.key_name, origin=self.origin)
             except CheckpointError as exc:
-                return VerificationReport(False, 0, str(exc), failure="signature", head_size=0)
-            rows, heads = stream_rows(conn)
+                return f"signed_heads row of size {head.size} is bad: {exc}"
+            if signed.root_hash != head.root_hash or signed.size != head.size:
+                return f"signed_heads row of size {head.size} was altered (its columns disagree with its signed note)"
+            return None
 
-            def head_check(size: int) -> str | None:
-                row = conn.execute(select(_H.c.note, _H.c.root_hash).where(_H.c.size == size)).one()
-                try:
-                    head = cp.verify_checkpoint(row.note, self._public_key, self.key_name, origin=self.origin)
-                except CheckpointError as exc:
-                    return f"stored head of size {size} is bad: {exc}"
-                if head.root_hash != row.root_hash or head.size != size:
-                    return f"stored head row of size {size} was altered (its columns disagree with its signed note)"
-                return None
+        return check_log(facts.observe(rows), heads, newest, trusted=trusted_cp, head_check=head_check,
+                         after=lambda: facts.problem(conn, subject_sets=True))
 
-            return check_log(rows, heads, newest, trusted=trusted_cp, head_check=head_check)
+    def _checked_frontier(self, size: int, note: str, blob: bytes) -> merkle.TreeFrontier:
+        """The stored right edge of the newest head, proven against its signed root before anything is signed on it."""
+        try:
+            head = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
+            frontier = merkle.TreeFrontier.from_bytes(size, blob)
+        except (CheckpointError, ValueError) as exc:
+            raise LedgerIntegrityError(f"signed_heads row of size {size} is bad ({exc}); refusing to append: "
+                                       "run `fedcrm consent verify`") from exc
+        if head.size != size or frontier.root() != head.root_hash:
+            raise LedgerIntegrityError(
+                f"signed_heads row of size {size}: the stored frontier does not match the signed root; refusing to "
+                "append (a head signed on it would be wrong). Run `fedcrm consent verify`"
+            )
+        return frontier
+
+    def head_notes(self, upto: int | None = None) -> list[str]:
+        """Every stored signed head (note text) of size <= ``upto``, by size."""
+        with self._engine.connect() as conn:
+            q = select(_H.c.note).order_by(_H.c.size)
+            if upto is not None:
+                q = q.where(_H.c.size <= upto)
+            return list(conn.execute(q).scalars())

@@ -23,7 +23,10 @@ def small(tmp_path: Path, signing_key: Path, make) -> Ledger:
     """A SQLite ledger with a few entries of every personal/public mix."""
     led = Ledger.open(tmp_path / "small.db", signing_key_path=signing_key, origin=make.origin)
     led.append([make.consent(1), make.consent(2)])
-    led.append([make.usage([make.pseudonym(1)])])
+    with led.transaction() as txn:  # a usage record always comes with its subject set (verify checks it)
+        use = make.usage([make.pseudonym(1)])
+        txn.append([use])
+        txn.store_subject_set(use.subject_fingerprint, [make.pseudonym(1)])
     yield led
     led.close()
 

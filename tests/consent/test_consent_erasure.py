@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fedcrm.consent.db import normalise_url
-from fedcrm.consent.events import ERASED, subject_fingerprint
+from fedcrm.consent.events import ERASED, subject_fingerprint, suppression_hash
 from fedcrm.consent.ledger import Ledger
 
 
@@ -40,7 +40,11 @@ def test_erasure_removes_payloads_subject_sets_and_mappings_and_the_log_still_ve
     before = history.latest_checkpoint()
     assert [i for i, _ in history.uses_including(new2)] == [4]
 
-    assert history.erase_subject(new2) == 3  # two receipts under the old key, one under the new
+    result = history.erase_subject(new2, request_id="dsr-17")
+    assert (result.payloads, result.subject_sets, result.rotation_rows, result.pseudonyms) == (3, 1, 1, 2)
+    logged = history.events(result.index)[0].event  # the erasure is itself an entry of the log
+    assert logged.kind == "erasure" and logged.erased_indices == (1, 3, 6) and logged.request_id == "dsr-17"
+    assert logged.suppressed == tuple(sorted(suppression_hash(p) for p in (old2, new2)))
 
     stored = _values(ledger_url, "SELECT value FROM personal_payloads")
     assert old2 not in stored and new2 not in stored and make.pseudonym(1) in stored
@@ -50,7 +54,8 @@ def test_erasure_removes_payloads_subject_sets_and_mappings_and_the_log_still_ve
     assert old2 not in leaves and new2 not in leaves  # never there in clear
 
     report = history.verify(trusted=before)
-    assert report.ok and report.checked_size == before.size
+    assert report.ok and report.checked_size == before.size + 1, report.message
+    assert old2 not in history.public_leaves(0, history.tree_size())[-1] and new2 not in logged.model_dump_json()
     erased = [s for s in history.events() if s.erased]
     assert [s.index for s in erased] == [1, 3, 6] and all(s.event.subject == ERASED for s in erased)
     assert history.uses_including(new2) == [] and history.events_for_subject(old2) == []
@@ -59,6 +64,9 @@ def test_erasure_removes_payloads_subject_sets_and_mappings_and_the_log_still_ve
     assert [e.subject for _, e in gate_view] == [make.pseudonym(1), make.pseudonym(3)]
 
 
-def test_erasing_an_unknown_subject_changes_nothing(history: Ledger, make) -> None:
-    assert history.erase_subject(make.pseudonym(12345)) == 0
+def test_erasing_an_unknown_subject_removes_nothing_but_is_logged(history: Ledger, make) -> None:
+    result = history.erase_subject(make.pseudonym(12345))
+    assert (result.payloads, result.subject_sets, result.rotation_rows) == (0, 0, 0)
     assert not any(s.erased for s in history.events())
+    assert history.events(result.index)[0].event.suppressed == (suppression_hash(make.pseudonym(12345)),)
+    assert history.verify().ok

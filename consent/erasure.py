@@ -1,0 +1,102 @@
+"""Right to erasure as a logged, verifiable operation.
+
+:func:`erase_subject` runs in ONE ledger transaction: it first verifies the whole log
+(an erasure must not launder a tampered table into a fresh fingerprint), then deletes
+every personal payload, subject-set row and rotation-mapping row of every pseudonym the
+subject had, and appends an :class:`~fedcrm.consent.events.ErasureEvent` saying which
+consent entries lost their payload, what remains of each touched subject set and
+mapping (their new fingerprints), and the suppression hashes that keep the subject out
+of every later gate under that key. ``verify`` then accepts exactly those payloads
+missing; a payload deleted without such an event is a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, delete, or_, select
+
+from fedcrm.consent import checkpoint as cp
+from fedcrm.consent.db import KeyRotation, LogEntry, PersonalPayload, SubjectSetMember
+from fedcrm.consent.events import ErasureEvent, leaf_kind, mapping_fingerprint, subject_fingerprint, suppression_hash
+from fedcrm.errors import LedgerIntegrityError
+
+if TYPE_CHECKING:
+    from fedcrm.consent.ledger import Ledger
+
+__all__ = ["ErasureResult", "erase_subject"]
+
+_E, _P, _S, _K = LogEntry.__table__, PersonalPayload.__table__, SubjectSetMember.__table__, KeyRotation.__table__
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """What one erasure removed, and the signed head that logs it."""
+
+    index: int
+    payloads: int
+    subject_sets: int
+    rotation_rows: int
+    pseudonyms: int
+    checkpoint: cp.Checkpoint
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+def _remaining_set(conn: Connection, fingerprint: str) -> tuple[str, int]:
+    subject = _S.c.subject.collate("C") if conn.dialect.name == "postgresql" else _S.c.subject
+    members = list(conn.execute(select(_S.c.subject).where(_S.c.fingerprint == fingerprint).order_by(subject)).scalars())
+    return subject_fingerprint(members), len(members)
+
+
+def erase_subject(ledger: Ledger, subject: str, *, request_id: str = "erasure") -> ErasureResult:
+    """Erase one subject (every pseudonym across key rotations) and log it; returns what was removed.
+
+    Raises :class:`LedgerIntegrityError` (and erases nothing) if the log does not verify.
+    A subject the ledger never saw is still logged: its suppression hash keeps it out of
+    later runs should it reappear in an export under the same key.
+    """
+    with ledger.transaction() as txn:
+        conn = txn._conn
+        report = ledger._verify_on(conn, None)
+        if not report.ok:
+            where = f" (first bad index {report.first_bad_index})" if report.first_bad_index is not None else ""
+            raise LedgerIntegrityError(f"erasure refused: the consent log does not verify{where}: {report.message}")
+        aliases = sorted(txn.history().graph.aliases(subject))
+        erased: list[int] = []
+        fingerprints: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        rotation_rows = 0
+        for chunk in _chunks(aliases):
+            erased += conn.execute(
+                select(_P.c.idx).where((_P.c.field == "subject") & _P.c.value.in_(chunk))).scalars().all()
+            fingerprints.update(conn.execute(select(_S.c.fingerprint).where(_S.c.subject.in_(chunk))).scalars())
+            touches = or_(_K.c.old_pseudonym.in_(chunk), _K.c.new_pseudonym.in_(chunk))
+            pairs.update(conn.execute(select(_K.c.old_key_id, _K.c.new_key_id).where(touches)).tuples())
+            conn.execute(delete(_P).where((_P.c.field == "subject") & _P.c.value.in_(chunk)))
+            conn.execute(delete(_S).where(_S.c.subject.in_(chunk)))
+            rotation_rows += conn.execute(delete(_K).where(touches)).rowcount
+        sets = tuple((fp, *_remaining_set(conn, fp)) for fp in sorted(fingerprints))
+        rotations = []
+        if pairs:
+            for idx, leaf in conn.execute(select(_E.c.idx, _E.c.public_json).where(_E.c.kind == "key_rotation")):
+                if leaf_kind(leaf) != "key_rotation":
+                    continue
+                pair = next((p for p in pairs if f'"old_key_id":"{p[0]}"' in leaf and f'"new_key_id":"{p[1]}"' in leaf), None)
+                if pair is not None:
+                    rows = conn.execute(select(_K.c.old_pseudonym, _K.c.new_pseudonym).where(
+                        (_K.c.old_key_id == pair[0]) & (_K.c.new_key_id == pair[1]))).tuples().all()
+                    rotations.append((idx, mapping_fingerprint(rows), len(rows)))
+        event = ErasureEvent(
+            request_id=request_id, at=datetime.now(UTC), erased_indices=tuple(sorted(erased)), subject_sets=sets,
+            rotations=tuple(rotations), suppressed=tuple(sorted(suppression_hash(a) for a in aliases)),
+        )
+        index = txn.tree_size()
+        txn.append([event])
+    assert txn.checkpoint is not None
+    return ErasureResult(index, len(erased), len(sets), rotation_rows, len(aliases), txn.checkpoint)
