@@ -1,55 +1,78 @@
 """Fault injection for resilience tests: make one partner fail at one stage of one round.
 
 Enabled only through the environment variable ``FEDCRM_FAULT_INJECTION`` (never through a
-partner or run config), e.g. ``B:fit:2:raise`` or ``C:collect_masked_vectors:1:exit``:
-partner, stage (hello, stats, fit, evaluate, or a SecAgg+ stage: setup, share_keys,
-collect_masked_vectors, unmask), round (``*`` for any) and action (``raise`` an error, or
-``exit`` the partner's process so it goes missing). The tests use it to prove that a
-round fails, naming the partner and the round, whichever stage a partner drops out of.
+partner or run config); the spec and its accepted forms are in :mod:`fedcrm.faults`, e.g.
+``B:fit:2:raise`` or ``C:collect_masked_vectors:1:exit``. The tests use it to prove how a
+round behaves whichever stage a partner drops out of.
+
+Stage names of a message: under SecAgg+ every training message is a Flower ``train``
+message carrying SecAgg+'s own stage (setup, share_keys, collect_masked_vectors, unmask);
+the fit order itself rides inside ``collect_masked_vectors``, so that message answers to
+both ``collect_masked_vectors`` and ``fit``. Under plain FedAvg a ``train`` message is
+``fit``, an ``evaluate`` message is ``evaluate``, and a query carries fedcrm's own stage
+(``hello`` or ``stats``). The round is the message's group id, which every Flower workflow
+sets to the round (``0`` for the handshake and statistics round).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-ENV_VAR = "FEDCRM_FAULT_INJECTION"
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedcrm.faults import ENV_VAR, Fault, configured_fault, parse_fault
+
+__all__ = ["ENV_VAR", "Fault", "InjectedFault", "configured_fault", "fire", "message_stages", "parse_fault",
+           "fault_injection_mod"]
+
+SECAGG_RECORD = "secaggplus_configs"
 
 
 class InjectedFault(RuntimeError):
     """The failure a test asked for."""
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One injected fault."""
-
-    partner: str
-    stage: str
-    server_round: str
-    action: str
-
-    def matches(self, partner: str, stage: str, server_round: int | str) -> bool:
-        """Whether this fault fires for a partner, stage and round."""
-        return (self.partner == partner and self.stage == stage
-                and self.server_round in ("*", str(server_round)))
-
-
-def configured_fault() -> Fault | None:
-    """The fault named in the environment, if any."""
-    spec = os.environ.get(ENV_VAR, "").strip()
-    if not spec:
-        return None
-    partner, stage, server_round, action = spec.split(":")
-    if action not in ("raise", "exit"):
-        raise ValueError(f"{ENV_VAR}: action must be 'raise' or 'exit', got {action!r}")
-    return Fault(partner, stage, server_round, action)
+def message_stages(msg: Message) -> set[str]:
+    """Every stage name a message answers to (see the module docstring)."""
+    content = msg.content
+    message_type = str(msg.metadata.message_type)
+    names: set[str] = set()
+    secagg = content.config_records.get(SECAGG_RECORD)
+    if secagg is not None and "stage" in secagg:
+        stage = str(secagg["stage"])
+        names.add(stage)
+        if stage == "collect_masked_vectors":
+            names.add("fit")
+    elif message_type == "train":
+        names.add("fit")
+    elif message_type == "evaluate":
+        names.add("evaluate")
+    for name, record in content.config_records.items():
+        if name == SECAGG_RECORD:
+            continue
+        for key, value in record.items():
+            if key.rsplit(".", 1)[-1] == "stage" and str(value) in ("hello", "stats"):
+                names.add(str(value))
+    return names
 
 
-def fire(fault: Fault, partner: str, stage: str, server_round: int | str) -> None:
+def fire(fault: Fault, partner: str, stages: set[str] | str, server_round: int | str) -> None:
     """Raise, or end this process, if the fault matches."""
-    if not fault.matches(partner, stage, server_round):
+    if not fault.matches(partner, stages, server_round):
         return
     if fault.action == "exit":
         os._exit(17)  # the partner vanishes mid-round, as a crashed node would
-    raise InjectedFault(f"partner {partner}: injected failure at stage '{stage}' of round {server_round}")
+    raise InjectedFault(f"partner {partner}: injected failure at stage '{fault.stage}' of round {server_round}")
+
+
+def fault_injection_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod (test hook, environment variable only): fail at the stage the spec names."""
+    fault = configured_fault()
+    if fault is not None and msg.has_content():
+        from fedcrm.client.config import load_partner_config
+        from fedcrm.client.flower_app import partner_config_path
+
+        partner = load_partner_config(partner_config_path(ctxt)).name
+        fire(fault, partner, message_stages(msg), str(msg.metadata.group_id))
+    return call_next(msg, ctxt)

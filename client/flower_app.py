@@ -25,9 +25,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
-from fedcrm.client.config import load_partner_config
 from fedcrm.client.egress import journal_message
-from fedcrm.client.faults import configured_fault, fire
+from fedcrm.client.faults import configured_fault, fault_injection_mod
 from fedcrm.client.partner_session import PartnerSession, RoundOrder, check_schema
 from fedcrm.errors import ConfigError, TaskSchemaMismatch
 from fedcrm.models.train import TrainConfig
@@ -159,29 +158,6 @@ def egress_journal_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable
         summary=summary,
     )
     return reply
-
-
-def fault_injection_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Test hook (environment variable only): fail at a chosen stage; see client/faults.py."""
-    fault = configured_fault()
-    if fault is not None and msg.has_content():
-        partner = load_partner_config(partner_config_path(ctxt)).name
-        stage, server_round = _stage_of(msg)
-        fire(fault, partner, stage, server_round)
-    return call_next(msg, ctxt)
-
-
-def _stage_of(msg: Message) -> tuple[str, str]:
-    """Which fedcrm or SecAgg+ stage a message belongs to, and its round."""
-    content = msg.content
-    server_round = str(msg.metadata.group_id)
-    if "secaggplus_configs" in content.config_records:
-        stage = str(content.config_records["secaggplus_configs"].get("stage", ""))
-        return stage, server_round
-    for record in content.config_records.values():
-        if Key.STAGE in record:
-            return str(record[Key.STAGE]), str(record.get(Key.ROUND, server_round))
-    return str(msg.metadata.message_type), server_round
 
 
 _MODS = [egress_journal_mod, fault_injection_mod] if configured_fault() is not None else [egress_journal_mod]

@@ -30,34 +30,79 @@ def run(
     runs_dir: Path = typer.Option(None, help="Where run directories go (default: FEDCRM_RUNS_DIR or ./runs)."),
     superlink: str = typer.Option(None, "--superlink", help="HOST:PORT of a SuperLink: run on the deployment engine."),
     partners: int = typer.Option(None, "--partners", help="With --superlink: how many partner SuperNodes join."),
+    root_certificates: Path = typer.Option(None, "--root-certificates", help="With --superlink: the deployment CA."),
+    insecure: bool = typer.Option(False, "--insecure", help="With --superlink: plain HTTP (loopback tests only)."),
+    min_partners: int = typer.Option(None, "--min-partners",
+                                     help="Fewest partners a round may complete with (default: all)."),
+    stage_timeout: float = typer.Option(None, "--stage-timeout", help="Longest wait for replies at one stage (s)."),
 ) -> None:
     """Train a federated model (simulation, or a real deployment with --superlink), SecAgg+ on by default."""
+    from fedcrm.coordinator.link_security import tls_choice
     from fedcrm.coordinator.run_config import load_run_config
 
     overrides: dict[str, Any] = {"task": task, "rounds": rounds, "aggregation": aggregation, "strategy": strategy,
-                                 "architecture": architecture, "seed": seed, "run_id": run_id}
+                                 "architecture": architecture, "seed": seed, "run_id": run_id,
+                                 "min_partners": min_partners, "stage_timeout": stage_timeout}
     try:
         cfg = load_run_config(config, overrides)
-        result = _run_with_progress(cfg, partner or [], runs_dir, superlink, partners)
+        if partner and not superlink:  # every partner's problems in one message, before Flower starts
+            from fedcrm.coordinator.check import require_preflight
+
+            require_preflight(cfg.task, partner)
+        result = _run_with_progress(cfg, partner or [], runs_dir, superlink, partners,
+                                    root_certificates=tls_choice(superlink, root_certificates, insecure))
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    _report(result)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="The run directory of a killed or failed run."),
+    partner: list[Path] = typer.Option(None, "--partner", "-p",
+                                       help="Partner config paths (default: those the run started with)."),
+) -> None:
+    """Continue a killed or failed run from its newest checkpoint; round numbers continue."""
+    from fedcrm.coordinator.checkpoint import latest_round
+    from fedcrm.coordinator.run_config import RunPlan
+
+    try:
+        if not (run_dir / "plan.json").exists():
+            raise FedcrmError(f"{run_dir}: not a run directory (no plan.json)")
+        cfg = RunPlan.load(run_dir / "plan.json").config
+        done = latest_round(run_dir)
+        result = _run_with_progress(cfg, [], None, resume_dir=run_dir, resume_partners=partner or None,
+                                    completed=done)
+    except FedcrmError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _report(result)
+
+
+def _report(result: Any) -> None:
     print_rounds(result.rounds)
+    if result.interrupted_by:
+        console.print(f"[bold red]run {result.run_id} killed by {result.interrupted_by}[/] — {result.error}")
+        console.print(f"resume it with: fedcrm coordinator resume {result.run_dir}")
+        raise typer.Exit(130 if result.interrupted_by == "SIGINT" else 143)
     if not result.succeeded:
-        console.print(f"[bold red]run {result.run_id} failed:[/] {result.error}")
+        console.print(f"[bold red]run {result.run_id} {result.outcome}:[/] {result.error}")
         console.print(f"run directory: {result.run_dir}")
         raise typer.Exit(2)
     console.print(f"[green]run {result.run_id} succeeded[/] in {result.wall_s:.1f} s — {result.run_dir}")
 
 
 def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None, superlink: str | None = None,
-                       num_partners: int | None = None) -> Any:
+                       num_partners: int | None = None, *, root_certificates: Path | None = None,
+                       resume_dir: Path | None = None,
+                       resume_partners: list[Path] | None = None, completed: int = 0) -> Any:
     from fedcrm.coordinator.deployment import run_deployment
-    from fedcrm.coordinator.runner import run_federation
+    from fedcrm.coordinator.runner import resume_federation, run_federation
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("starting Flower simulation", total=cfg.rounds)
+        task = progress.add_task("starting Flower simulation", total=cfg.rounds, completed=completed)
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event["event"]
@@ -69,10 +114,16 @@ def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None, su
                 auc = event["federated"].get("roc_auc")
                 progress.update(task, advance=1, description=f"round {event['round']}: ROC AUC "
                                 + (f"{auc:.4f}" if auc is not None else "withheld"))
+            elif kind == "dropout":
+                names = ", ".join(f"{p} ({why})" for p, why in event["partners"].items())
+                progress.console.print(f"[yellow]round {event['round']}, {event['stage']}: missing {names}[/]")
 
+        if resume_dir is not None:
+            return resume_federation(resume_dir, resume_partners, on_event=on_event)
         if superlink:
             progress.update(task, description=f"waiting for {num_partners or 0} partners at {superlink}")
-            return run_deployment(cfg, num_partners or len(partners), superlink, runs_dir, on_event=on_event)
+            return run_deployment(cfg, num_partners or len(partners), superlink, runs_dir, on_event=on_event,
+                                  root_certificates=root_certificates)
         return run_federation(cfg, partners, runs_dir=runs_dir, on_event=on_event)
 
 
@@ -95,18 +146,21 @@ def list_runs_command(runs_dir: Path = typer.Option(Path("runs"), help="Director
     from fedcrm.coordinator.registry import list_runs
 
     table = Table(title=f"Runs in {runs_dir}")
-    for col in ("run id", "status", "rounds", "final ROC AUC", "error"):
+    for col in ("run id", "status", "rounds completed", "final ROC AUC", "error"):
         table.add_column(col)
     for r in list_runs(runs_dir):
-        table.add_row(r["run_id"], "ok" if r["succeeded"] else "failed", str(r["rounds"]),
+        status = r["outcome"] if r["outcome"] in ("completed", "running") else f"{r['outcome']} after round {r['after_round']}"
+        table.add_row(r["run_id"], status, str(r["rounds"]),
                       f"{r['roc_auc']:.4f}" if r["roc_auc"] is not None else "—", (r["error"] or "")[:80])
     console.print(table)
 
 
 # `fedcrm coordinator superlink` lives in its own module.
-from fedcrm.coordinator import cli_superlink  # noqa: E402
+from fedcrm.coordinator import cli_check, cli_partners, cli_superlink  # noqa: E402
 
 cli_superlink.register(app)
+cli_check.register(app)
+cli_partners.register(app)
 
 
 @app.command("head")

@@ -22,7 +22,7 @@ from typing import Any
 from fedcrm.coordinator.engine import CLIENT_APP_REF, PLAIN_CLIENT_APP_REF, write_app_dir
 from fedcrm.coordinator.registry import finalise_run_dir, read_events
 from fedcrm.coordinator.run_config import RunConfig
-from fedcrm.coordinator.runner import RunResult, plan_run, supervise
+from fedcrm.coordinator.runner import RunInterrupted, RunResult, plan_run, supervise
 from fedcrm.coordinator.superlink import flower_env, venv_bin
 from fedcrm.errors import CoordinatorError
 from fedcrm.logging import get_logger
@@ -74,13 +74,19 @@ def run_deployment(
     write_connection(flwr_home, superlink)
     marker = uuid.uuid4().hex
     started = time.monotonic()
-    returncode = supervise([str(venv_bin() / "flwr"), "run", str(app_dir), CONNECTION, "--stream"],
-                           run_dir=run_dir, env=flower_env(flwr_home, marker), log_name="flwr_run.log",
-                           marker=marker, on_event=on_event, timeout_s=timeout_s)
+    interrupted: str | None = None
+    try:
+        returncode = supervise([str(venv_bin() / "flwr"), "run", str(app_dir), CONNECTION, "--stream"],
+                               run_dir=run_dir, env=flower_env(flwr_home, marker), log_name="flwr_run.log",
+                               marker=marker, on_event=on_event, timeout_s=timeout_s)
+    except RunInterrupted as exc:  # SIGINT/SIGTERM: record the run as killed (H5)
+        interrupted, returncode = exc.signal_name, None
     wall = time.monotonic() - started
-    error = _run_error(run_dir, returncode)
-    rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall)
-    return RunResult(plan.run_id, run_dir, error is None, error, rounds, wall)
+    error = f"killed: {interrupted}" if interrupted else _run_error(run_dir, returncode)
+    outcome = "killed" if interrupted else ("completed" if error is None else "failed")
+    rounds = finalise_run_dir(run_dir, succeeded=error is None, error=error, wall_s=wall, outcome=outcome)
+    return RunResult(plan.run_id, run_dir, error is None, error, rounds, wall, outcome=outcome,
+                     interrupted_by=interrupted)
 
 
 def _run_error(run_dir: Path, returncode: int | None) -> str | None:

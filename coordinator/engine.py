@@ -94,19 +94,38 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Process entry: ``engine PLAN PARTNER_CONFIG...``; exit 0 on success, 2 on a failed run."""
+    """Process entry: ``engine PLAN PARTNER_CONFIG...``; exit 0 on success, 2 on a failed run, 3 if abandoned.
+
+    Whatever happens, the engine ends the run itself (see :mod:`fedcrm.coordinator.lifecycle`):
+    it stops every process of the run, removes Ray's temp directory and finalises the run
+    directory (status, report, manifest) — also when the coordinator that started it is killed.
+    """
+    import time
+
+    from fedcrm.coordinator.lifecycle import ParentGuard, finish_run
+    from fedcrm.coordinator.processes import MARKER_VAR
     from fedcrm.errors import FedcrmError
 
+    started = time.monotonic()
     plan_path, partners = Path(argv[0]), [Path(p) for p in argv[1:]]
+    guard = ParentGuard(plan_path.parent, started).start()
+    error: str | None = None
     try:
         run_engine(plan_path, partners)
     except Exception as exc:  # noqa: BLE001 - report the root cause, whatever layer wrapped it
         cause = _fedcrm_cause(exc, FedcrmError)
-        message = str(cause if cause is not None else exc)
-        print(f"fedcrm: run failed: {message}", file=sys.stderr)
-        (plan_path.parent / "failure.txt").write_text(message + "\n")
-        return 2
-    return 0
+        error = str(cause if cause is not None else exc)
+        print(f"fedcrm: run failed: {error}", file=sys.stderr)
+    if not guard.finishing():  # the run is being abandoned by the parent guard, which exits the process
+        while True:
+            time.sleep(1.0)
+    if error is not None:
+        (plan_path.parent / "failure.txt").write_text(error + "\n")
+    tmp = os.environ.get("RAY_TMPDIR")
+    finish_run(plan_path.parent, outcome="completed" if error is None else "failed", error=error,
+               wall_s=time.monotonic() - started, marker=os.environ.get(MARKER_VAR),
+               ray_tmp=Path(tmp) if tmp else None)
+    return 0 if error is None else 2
 
 
 def _fedcrm_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

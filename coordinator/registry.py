@@ -22,10 +22,18 @@ SKIP_IN_MANIFEST = {MANIFEST}
 
 
 def rounds_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-round metrics (fit and federated evaluation) from a run's event stream."""
+    """Per-round metrics (fit and federated evaluation) from a run's event stream.
+
+    A ``resume`` event discards what the killed coordinator recorded after the round it
+    resumed from (that round is run again). A round records who took part (``fit``,
+    ``evaluate``) and who did not, with the reason (``missing``: stage → partner → reason).
+    """
     rounds: dict[int, dict[str, Any]] = {}
     for e in events:
-        if e["event"] in ("round_start", "fit", "evaluate", "secagg_stage"):
+        if e["event"] == "resume":
+            rounds = {k: v for k, v in rounds.items() if k <= int(e["from_round"])}
+            continue
+        if e["event"] in ("round_start", "fit", "evaluate", "secagg_stage", "dropout"):
             r = rounds.setdefault(int(e["round"]), {"round": int(e["round"]), "secagg_stages": {}})
             if e["event"] == "round_start":
                 r["consent_as_of"] = e["at"]
@@ -34,9 +42,16 @@ def rounds_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             elif e["event"] == "evaluate":
                 r["federated"] = {"loss": e["loss"], **e["federated"]}
                 r["evaluate"] = e["partners"]
+            elif e["event"] == "dropout":
+                r.setdefault("missing", {}).setdefault(e["stage"], {}).update(e["partners"])
             else:
                 r["secagg_stages"][e["stage"]] = e["partners"]
     return [rounds[k] for k in sorted(rounds)]
+
+
+def completed_rounds(rounds: list[dict[str, Any]]) -> list[int]:
+    """Rounds that finished training and federated evaluation."""
+    return [int(r["round"]) for r in rounds if "federated" in r]
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
@@ -45,8 +60,13 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def finalise_run_dir(run_dir: Path, *, succeeded: bool, error: str | None, wall_s: float) -> list[dict[str, Any]]:
-    """Write per-round metrics, status, the report and the manifest; returns the rounds."""
+def finalise_run_dir(run_dir: Path, *, succeeded: bool, error: str | None, wall_s: float,
+                     outcome: str | None = None) -> list[dict[str, Any]]:
+    """Write per-round metrics, status, the report and the manifest; returns the rounds.
+
+    ``outcome`` is how the run ended: ``completed``, ``killed`` or ``failed`` (default:
+    from ``succeeded``). The status records it with the last completed round.
+    """
     from fedcrm.coordinator.reports import write_report
 
     events = read_events(run_dir)
@@ -57,8 +77,11 @@ def finalise_run_dir(run_dir: Path, *, succeeded: bool, error: str | None, wall_
     stats = next((e for e in events if e["event"] == "statistics"), None)
     if stats:
         (metrics / "statistics.json").write_text(json.dumps(stats, indent=2))
-    status = {"succeeded": succeeded, "error": error, "wall_s": round(wall_s, 2), "rounds_completed": len(
-        [r for r in rounds if "federated" in r])}
+    done = completed_rounds(rounds)
+    outcome = outcome or ("completed" if succeeded else "failed")
+    status = {"succeeded": succeeded, "outcome": outcome, "error": error, "wall_s": round(wall_s, 2),
+              "rounds_completed": len(done), "after_round": max(done, default=0),
+              "resumed_from": [e["from_round"] for e in events if e["event"] == "resume"]}
     (run_dir / "status.json").write_text(json.dumps(status, indent=2))
     write_report(run_dir, rounds, status)
     write_manifest(run_dir)
@@ -107,8 +130,13 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
         status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
         rounds = json.loads((run_dir / "metrics" / "rounds.json").read_text()) if (
             run_dir / "metrics" / "rounds.json").exists() else []
-        last = rounds[-1].get("federated", {}) if rounds else {}
-        out.append({"run_id": run_dir.name, "succeeded": status.get("succeeded"), "rounds": len(rounds),
+        done = [r for r in rounds if "federated" in r]
+        last = done[-1]["federated"] if done else {}
+        outcome = status.get("outcome") or ("running" if not status else
+                                            "completed" if status.get("succeeded") else "failed")
+        out.append({"run_id": run_dir.name, "succeeded": status.get("succeeded"), "outcome": outcome,
+                    "rounds": len(done), "after_round": status.get("after_round", max(
+                        (r["round"] for r in done), default=0)),
                     "roc_auc": last.get("roc_auc"), "error": status.get("error")})
     return out
 

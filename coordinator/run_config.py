@@ -39,12 +39,17 @@ class RunConfig(BaseModel):
     quantization_range: int = Field(2**22, gt=0)
     modulus_range: int = Field(2**32, gt=0)
     max_weight_headroom: float = Field(1.05, ge=1.0, description="max_weight = largest partner's count × this")
-    secagg_timeout: float | None = Field(None, gt=0)
+    min_partners: int | None = Field(
+        None, ge=2, description="Fewest partners a training round may complete with (default: every partner)"
+    )
+    stage_timeout: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait, in seconds, for partners' replies at any one stage"
+    )
+    connect_timeout: float = Field(120.0, gt=0, le=86400, description="Longest wait for every partner to connect")
     consent_as_of: list[datetime] = Field(
         default_factory=list,
         description="Fixed consent-as-of times: index 0 for the statistics round, k for round k (tests use this)",
     )
-    allow_fewer_partners: bool = Field(False, description="Not supported yet: every sampled partner must complete")
     purpose: str | None = Field(None, description="Override the task's purpose (must match the consent vocabulary)")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -58,13 +63,19 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _checks(self) -> RunConfig:
-        if self.allow_fewer_partners:
-            raise ValueError("allow_fewer_partners is not supported: every sampled partner must complete each round")
         if self.consent_as_of and len(self.consent_as_of) < self.rounds + 1:
             raise ValueError(f"consent_as_of needs {self.rounds + 1} times (statistics round + {self.rounds} rounds)")
         if self.modulus_range & (self.modulus_range - 1) or self.modulus_range <= self.quantization_range:
             raise ValueError("modulus_range must be a power of 2 larger than quantization_range")
         return self
+
+    def min_partners_of(self, num_partners: int) -> int:
+        """The run's min_partners for ``num_partners`` partners (all of them unless set)."""
+        if self.min_partners is None:
+            return num_partners
+        if self.min_partners > num_partners:
+            raise ValueError(f"min_partners = {self.min_partners} but the run has only {num_partners} partners")
+        return self.min_partners
 
 
 def load_run_config(path: Path | None, overrides: dict[str, object]) -> RunConfig:
@@ -89,6 +100,7 @@ class RunPlan(BaseModel):
     num_partners: int = Field(ge=2)
     task_schema_json: str
     config: RunConfig
+    resume_from_round: int = Field(0, ge=0, description="Continue after this round's checkpoint (0: a fresh run)")
 
     def save(self) -> Path:
         """Write ``plan.json`` in the run directory."""

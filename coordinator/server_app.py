@@ -16,18 +16,16 @@ from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import Context, Message
-from flwr.common import GetPropertiesIns, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import GetPropertiesIns, Scalar, parameters_to_ndarrays
 from flwr.common.constant import MessageTypeLegacy
-from flwr.server import LegacyContext, ServerApp, ServerConfig
-from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.server import ServerApp
 from flwr.serverapp.grid import Grid
 
 from fedcrm.coordinator.federated_stats import combine_statistics, partner_rows
 from fedcrm.coordinator.recorder import RunRecorder
 from fedcrm.coordinator.run_config import RunPlan
-from fedcrm.coordinator.secagg import StrictSecAggPlusWorkflow
-from fedcrm.coordinator.strategies import NodeNames, make_strategy, short_reason
+from fedcrm.coordinator.rounds import run_rounds
+from fedcrm.coordinator.strategies import NodeNames, short_reason
 from fedcrm.errors import RoundFailed
 from fedcrm.logging import get_logger
 from fedcrm.models.nets import build_model
@@ -167,10 +165,18 @@ class Federation:
 
     def handshake_and_statistics(self, grid: Grid) -> None:
         """Learn which node is which partner, then run the statistics round."""
-        node_ids = wait_for_nodes(grid, self.plan.num_partners)
+        self.statistics(grid, self.handshake(grid))
+
+    def handshake(self, grid: Grid) -> list[int]:
+        """Wait for every partner and learn which node is which (also the first step of a resume)."""
+        node_ids = wait_for_nodes(grid, self.plan.num_partners, self.cfg.connect_timeout)
         hello = self.query(grid, node_ids, {Key.STAGE: "hello"}, "hello")
         self.node_names.update({n: str(a[Metric.PARTNER]) for n, a in hello.items()})
         self.recorder.event("partners", partners=sorted(self.node_names.values()))
+        return node_ids
+
+    def statistics(self, grid: Grid, node_ids: list[int]) -> None:
+        """The federated statistics round: scaling, and partner sizes for SecAgg+ max_weight."""
         answers = self.query(grid, node_ids, self.base_config(0, "stats"), "stats")
         cells = {}
         for node, answer in answers.items():
@@ -188,40 +194,9 @@ class Federation:
     def run(self, grid: Grid, context: Context) -> None:
         """Round 0, then the training rounds; then the final model."""
         self.recorder.event("run_start", run_id=self.plan.run_id, aggregation=self.cfg.aggregation)
-        self.handshake_and_statistics(grid)
-        strategy = make_strategy(
-            self.cfg.strategy,
-            num_partners=self.plan.num_partners,
-            node_names=self.node_names,
-            initial_parameters=ndarrays_to_parameters(self.initial),
-            on_fit_config_fn=self.fit_config,
-            on_evaluate_config_fn=self.evaluate_config,
-            proximal_mu=self.cfg.proximal_mu,
-            server_learning_rate=self.cfg.server_learning_rate,
-        )
-        strategy.on_fit = self.on_fit  # type: ignore[attr-defined]
-        strategy.on_evaluate = self.on_evaluate  # type: ignore[attr-defined]
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=self.cfg.rounds), strategy=strategy)
-        if self.cfg.aggregation == "secagg":
-            n = self.plan.num_partners
-            fit_workflow = StrictSecAggPlusWorkflow(
-                num_shares=n if n > 2 else 1.0,
-                # Any single partner's key shares must not suffice; all remaining ones must.
-                reconstruction_threshold=max(2, n - 1) if n > 2 else 1.0,
-                max_weight=self.max_weight,
-                clipping_range=self.cfg.clipping_range,
-                quantization_range=self.cfg.quantization_range,
-                modulus_range=self.cfg.modulus_range,
-                timeout=self.cfg.secagg_timeout,
-                node_names=self.node_names,
-                on_stage=self.on_stage,
-            )
-            workflow = DefaultWorkflow(fit_workflow=fit_workflow)
-        else:
-            workflow = DefaultWorkflow()
-        workflow(grid, legacy)
-        final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
-        self.recorder.model("final", parameters_to_ndarrays(final), model_version=f"{self.plan.run_id}:final")
+        # Round 0 (or a resume's handshake), strategy, SecAgg+, dropouts, checkpoints: coordinator/rounds.py
+        final = run_rounds(self, grid, context)
+        self.recorder.model("final", final, model_version=f"{self.plan.run_id}:final")
         self.recorder.event("run_end", run_id=self.plan.run_id)
 
 

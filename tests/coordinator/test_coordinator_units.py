@@ -56,8 +56,9 @@ def test_every_strategy_refuses_to_aggregate_over_fewer_partners(name: str) -> N
     strategy._sampled[("fit", 1)] = {1, 2, 3}  # type: ignore[attr-defined]
     with pytest.raises(RoundFailed, match=r"round 1 failed at stage 'fit': partner\(s\) B"):
         strategy.aggregate_fit(1, [(_proxy(1), _fitres(10)), (_proxy(3), _fitres(10))], [])
-    with pytest.raises(RoundFailed, match="partner"):
-        strategy.aggregate_fit(1, [(_proxy(n), _fitres(10)) for n in (1, 2, 3)], [RuntimeError("boom")])
+    failed = FitRes(Status(Code.FIT_NOT_IMPLEMENTED, "boom"), ndarrays_to_parameters([]), 0, {})
+    with pytest.raises(RoundFailed, match=r"partner\(s\) C — 2 of 3 delivered, min_partners is 3 — status .*boom"):
+        strategy.aggregate_fit(1, [(_proxy(n), _fitres(10)) for n in (1, 2)], [(_proxy(3), failed)])
     params, _ = strategy.aggregate_fit(1, [(_proxy(n), _fitres(10)) for n in (1, 2, 3)], [])
     assert params is not None
 
@@ -70,8 +71,10 @@ def test_partner_error_is_dug_out_of_rays_wrapper() -> None:
 
 
 def test_run_config_refuses_unsafe_or_incomplete_settings(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="allow_fewer_partners"):
+    with pytest.raises(ConfigError, match="allow_fewer_partners"):  # replaced by min_partners: a typo never passes
         load_run_config(None, {"task": TASK, "allow_fewer_partners": True})
+    with pytest.raises(ConfigError, match="min_partners"):
+        load_run_config(None, {"task": TASK, "min_partners": 1})
     with pytest.raises(ConfigError, match="consent_as_of needs 3"):
         load_run_config(None, {"task": TASK, "rounds": 2, "consent_as_of": ["2026-01-01T00:00:00Z"]})
     with pytest.raises(ConfigError, match="time zone"):
