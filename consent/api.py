@@ -4,39 +4,75 @@ Roles (bearer tokens from ``consent/tokens.py``): ``auditor`` reads everything,
 ``partner-writer`` records grants, withdrawals and imports, ``coordinator`` reads tree
 heads and proofs only. Authentication and role checks run before any handler, so a refused
 request never touches the ledger. Request bodies are strict (no bool→number coercion).
+
+Limits (docs/consent.md §7): bodies are cut off at 64 KiB (20 MiB for a CSV import) while
+streaming (413); integers are bounded to 63 bits and timestamps to what UTC can represent (422);
+every error body is ``{"detail": "<what, naming the field>"}``. Tokens are read from the
+``Authorization`` header only, and the access log names route templates, never paths.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
+from fedcrm.asgi import AccessLog, BodyLimit
+from fedcrm.consent.events import _PSEUDONYM
 from fedcrm.consent.ledger import Ledger
-from fedcrm.consent.records import import_consents, make_consent
-from fedcrm.consent.report import AuditReport, build_report, render_html
+from fedcrm.consent.records import append_consents, describe_decode_error, import_consents, make_consent, to_utc
+from fedcrm.consent.report import AuditReport, build_report, render_html, report_period
 from fedcrm.consent.subject import SubjectReport, subject_report
 from fedcrm.consent.taxonomy import default_vocabulary
 from fedcrm.consent.tokens import TokenRecord, TokenStore
 from fedcrm.errors import (
     AuthorizationError,
+    ConfigError,
     ConsentError,
     ConsentImportError,
+    DuplicateReceipt,
     FedcrmError,
     SigningKeyError,
     VocabularyError,
 )
+from fedcrm.logging import get_logger
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_IMPORT_BYTES", "MAX_INDEX", "create_app"]
 
-_MAX_IMPORT_BYTES = 20 * 1024 * 1024
+#: JSON request bodies (a grant or withdrawal is well under 1 KiB).
+MAX_BODY_BYTES = 64 * 1024
+#: A CSV upload to ``POST /consents/import``.
+MAX_IMPORT_BYTES = 20 * 1024 * 1024
+#: Log indexes and sizes are signed 64-bit in the database; larger values are refused (422), not a 500.
+MAX_INDEX = 2**63 - 1
+_PSEUDONYM_PATTERN = _PSEUDONYM.pattern
+log = get_logger("fedcrm.consent.api")
+
+
+def _strictly_text(value: Any) -> Any:
+    # Timestamps arrive as JSON strings; refuse numbers (pydantic would read them as Unix time).
+    if not isinstance(value, str | datetime):
+        raise ValueError("a timestamp must be an ISO-8601 string with a time zone")
+    return value
+
+
+def _pseudonym(value: str) -> str:
+    if not _PSEUDONYM.fullmatch(value):
+        raise ValueError("must be a pseudonym '<8 hex key id>:<hex HMAC>', never a raw customer id")
+    return value
+
+
+#: A tz-aware timestamp as UTC; one that UTC cannot represent (year 1 at +01:00) is a 422, not a 500.
+UtcTime = Annotated[AwareDatetime, BeforeValidator(_strictly_text), AfterValidator(to_utc)]
 
 
 # --- schemas ------------------------------------------------------------------------------
@@ -79,17 +115,22 @@ class ConsentRequest(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    subject: StrictStr = Field(description="Pseudonym '<key_id>:<hex>', never a raw customer id.")
-    purpose: StrictStr
+    subject: Annotated[StrictStr, AfterValidator(_pseudonym)] = Field(
+        json_schema_extra={"pattern": _PSEUDONYM_PATTERN},
+        description="Pseudonym '<key_id>:<hex>', never a raw customer id.",
+    )
+    purpose: StrictStr = Field(min_length=1, max_length=200)
     action: Literal["grant", "withdraw"]
-    categories: list[StrictStr] | None = None
+    categories: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=100, description="Default: every category of the purpose."
+    )
     legal_basis: Literal["consent", "contract", "legitimate_interest"] | None = None
     # Timestamps arrive as JSON strings, so only they are parsed leniently (ISO-8601 with a zone).
-    effective_at: Annotated[AwareDatetime | None, Field(strict=False)] = None
-    expires_at: Annotated[AwareDatetime | None, Field(strict=False)] = None
-    source: StrictStr = Field(min_length=1)
-    notice_version: StrictStr = Field(min_length=1)
-    receipt_id: StrictStr | None = None
+    effective_at: Annotated[UtcTime | None, Field(strict=False)] = None
+    expires_at: Annotated[UtcTime | None, Field(strict=False)] = None
+    source: StrictStr = Field(min_length=1, max_length=500)
+    notice_version: StrictStr = Field(min_length=1, max_length=100)
+    receipt_id: StrictStr | None = Field(None, min_length=1, max_length=200, description="Only with one category.")
 
 
 class Appended(_Model):
@@ -124,11 +165,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "Bad request (names the field)"},
     401: {"model": Problem, "description": "Missing or unknown bearer token"},
     403: {"model": Problem, "description": "The token's role may not do this"},
-    422: {"model": Problem, "description": "Invalid parameters or body"},
+    404: {"model": Problem, "description": "No such resource"},
+    409: {"model": Problem, "description": "A receipt id is already in the ledger (nothing was written)"},
+    413: {"model": Problem, "description": "Request body over the limit (refused while streaming)"},
+    422: {"model": Problem, "description": "Invalid parameters or body (names the field)"},
+    503: {"model": Problem, "description": "The server cannot sign or authorise right now (misconfigured)"},
 }
+#: Query parameters that look like a credential: refused, because URLs end up in logs and histories.
+_TOKEN_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "bearer"})
 
 
 class _Forbidden(Exception):
+    pass
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class _Unavailable(Exception):
     pass
 
 
@@ -136,13 +191,28 @@ def _role(*roles: str) -> Callable[..., TokenRecord]:
     def check(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> TokenRecord:
+        if _TOKEN_PARAMS & {k.lower() for k in request.query_params}:
+            raise _BadRequest(
+                "tokens are accepted only in the 'Authorization: Bearer' header, never in the URL; "
+                "revoke a token that was sent in one"
+            )
         store: TokenStore = request.app.state.tokens
-        record = store.authenticate(credentials.credentials if credentials else None)
+        try:
+            record = store.authenticate(credentials.credentials if credentials else None)
+        except ConfigError as exc:
+            log.error("token file unusable; refusing every request", extra={"problem": str(exc)})
+            raise _Unavailable("the server's token file is unusable; its operator has been told (see the log)") from None
+        request.state.principal = record.name
         if record.role not in roles:
-            raise _Forbidden(f"role '{record.role}' may not {request.method} {request.url.path}")
+            raise _Forbidden(f"role '{record.role}' may not {request.method} {_template(request)}")
         return record
 
     return check
+
+
+def _template(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", request.url.path))
 
 
 Auditor = Depends(_role("auditor"))
@@ -183,7 +253,9 @@ def latest_head(ledger: LedgerDep) -> Head:
 
 @proofs.get("/inclusion", dependencies=[Reader])
 def inclusion_proof(
-    ledger: LedgerDep, index: Annotated[int, Query(ge=0)], size: Annotated[int | None, Query(ge=1)] = None
+    ledger: LedgerDep,
+    index: Annotated[int, Query(ge=0, le=MAX_INDEX)],
+    size: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
 ) -> InclusionProof:
     """Proof that entry ``index`` is in the tree of ``size`` entries (default: the newest head)."""
     size = ledger.tree_size() if size is None else size
@@ -196,7 +268,9 @@ def inclusion_proof(
 
 @proofs.get("/consistency", dependencies=[Reader])
 def consistency_proof(
-    ledger: LedgerDep, old: Annotated[int, Query(ge=0)], new: Annotated[int | None, Query(ge=0)] = None
+    ledger: LedgerDep,
+    old: Annotated[int, Query(ge=0, le=MAX_INDEX)],
+    new: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
 ) -> ConsistencyProof:
     """Proof that the tree of ``new`` entries extends the tree of ``old`` entries."""
     new = ledger.tree_size() if new is None else new
@@ -213,17 +287,19 @@ def _appended(ledger: Ledger, events: list[Any], first: int) -> Appended:
 def record_consent(body: ConsentRequest, ledger: LedgerDep) -> Appended:
     """Record a grant or a withdrawal (one receipt per data category)."""
     cats = body.categories or list(default_vocabulary().purpose(body.purpose).data_categories)
+    if body.receipt_id is not None and len(cats) != 1:
+        raise ConsentImportError(f"receipt_id: names one receipt, but this request makes {len(cats)} (give one category)")
     now = datetime.now(UTC)
     events = [
         make_consent(
             subject=body.subject, purpose=body.purpose, category=cat, action=body.action,
             legal_basis=body.legal_basis, effective_at=body.effective_at or now, recorded_at=now,
             expires_at=body.expires_at, source=body.source, notice_version=body.notice_version,
-            receipt_id=body.receipt_id if len(cats) == 1 else None,
+            receipt_id=body.receipt_id,
         )
         for cat in cats
     ]
-    head = ledger.append(events)
+    head = append_consents(ledger, events)
     return _appended(ledger, events, head.size - len(events))
 
 
@@ -233,40 +309,53 @@ def record_consent(body: ConsentRequest, ledger: LedgerDep) -> Appended:
     dependencies=[Writer],
     openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-async def import_csv(request: Request, ledger: LedgerDep) -> Appended:
-    """Import a consent CSV (body ``text/csv``, pseudonyms in a ``subject`` column); all rows or none."""
-    raw = await request.body()
-    if len(raw) > _MAX_IMPORT_BYTES:
-        raise ConsentImportError(f"upload is larger than {_MAX_IMPORT_BYTES} bytes")
+async def import_csv(
+    request: Request,
+    ledger: LedgerDep,
+    x_filename: Annotated[
+        str, Header(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="Name used in error messages.")
+    ] = "upload.csv",
+) -> Appended:
+    """Import a consent CSV (body ``text/csv``, pseudonyms in a ``subject`` column); all rows or none.
+
+    The body is limited to ``MAX_IMPORT_BYTES`` while it streams in (413 once passed).
+    """
+    raw = await request.body()  # BodyLimit raises RequestTooLarge (413) on the chunk that passes the limit
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConsentImportError(f"upload: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    name = request.headers.get("x-filename", "upload.csv")
+        raise ConsentImportError(f"{x_filename}: {describe_decode_error(exc)}") from None
     # Raw customer ids cannot be pseudonymised here (the partner key stays with the partner's tools).
-    result = import_consents(ledger, name, text=text)
+    result = import_consents(ledger, x_filename, text=text)
     events = [s.event for s in ledger.events(result.first_index, result.checkpoint.size)]
     return _appended(ledger, events, result.first_index)
 
 
 @subjects.get("/{pseudonym}", dependencies=[Auditor])
-def subject(pseudonym: str, ledger: LedgerDep) -> SubjectReport:
+def subject(
+    pseudonym: Annotated[str, PathParam(pattern=_PSEUDONYM_PATTERN, description="'<key_id>:<hex>'")], ledger: LedgerDep
+) -> SubjectReport:
     """A subject's consent history, every use of their data, and what withdrawal did and did not undo."""
     return subject_report(ledger, pseudonym)
 
 
-@audit.get("/report", dependencies=[Auditor], response_model=AuditReport)
+@audit.get(
+    "/report",
+    dependencies=[Auditor],
+    response_model=AuditReport,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "JSON or HTML"}},
+)
 def report(
     ledger: LedgerDep,
-    start: Annotated[AwareDatetime | None, Query(description="ISO-8601 with zone; default 30 days before end")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="ISO-8601 with zone (excluded); default now")] = None,
+    start: Annotated[UtcTime | None, Query(description="ISO-8601 with zone; default 30 days before end")] = None,
+    end: Annotated[UtcTime | None, Query(description="ISO-8601 with zone (excluded); default now")] = None,
     format: Annotated[Literal["json", "html"], Query()] = "json",  # noqa: A002
 ) -> Any:
     """The audit report for a period (JSON, or the same report as HTML)."""
-    stop = end or datetime.now(UTC)
-    begin = start or stop - timedelta(days=30)
-    if stop <= begin:
-        raise ConsentError(f"end {stop.isoformat()} is not after start {begin.isoformat()}")
+    try:
+        begin, stop = report_period(start, end)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
     built = build_report(ledger, begin, stop)
     return HTMLResponse(render_html(built)) if format == "html" else built
 
@@ -281,12 +370,17 @@ def verify(ledger: LedgerDep) -> Verification:
 
 @audit.get("/events", dependencies=[Auditor])
 def events(
-    ledger: LedgerDep, start: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ledger: LedgerDep,
+    start: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EventOut]:
     """Log entries ``start`` … ``start + limit - 1`` (personal values read ``<erased>`` once erased)."""
+    size = ledger.tree_size()
+    if start >= size:
+        return []
     return [
         EventOut(index=s.index, erased=s.erased, leaf_hash=_b64(s.leaf_hash), event=s.event.model_dump(mode="json"))
-        for s in ledger.events(start, start + limit)
+        for s in ledger.events(start, min(start + limit, size))
     ]
 
 
@@ -299,6 +393,16 @@ def _problem(status: int) -> Callable[[Request, Exception], JSONResponse]:
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle
+
+
+def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+    """422 with one sentence naming each bad field (``query.start: …``); input values are not echoed."""
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
 
 def create_app(ledger: Ledger, tokens_path: Path | str) -> FastAPI:
@@ -314,11 +418,18 @@ def create_app(ledger: Ledger, tokens_path: Path | str) -> FastAPI:
     for router in (heads, proofs, consents, subjects, audit):
         app.include_router(router)
     # Most specific first: Starlette picks the handler of the nearest class in the MRO.
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(_BadRequest, _problem(400))
     app.add_exception_handler(AuthorizationError, _problem(401))
     app.add_exception_handler(_Forbidden, _problem(403))
+    app.add_exception_handler(_Unavailable, _problem(503))
+    app.add_exception_handler(DuplicateReceipt, _problem(409))
     app.add_exception_handler(ConsentImportError, _problem(422))
     app.add_exception_handler(VocabularyError, _problem(422))
     app.add_exception_handler(SigningKeyError, _problem(503))
     app.add_exception_handler(ConsentError, _problem(400))
     app.add_exception_handler(FedcrmError, _problem(500))
+    # Outermost last: the access log sees every answer, the 413s of the body limit included.
+    app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, per_path={"/consents/import": MAX_IMPORT_BYTES})
+    app.add_middleware(AccessLog, routes_of=app, logger="fedcrm.consent.access")
     return app

@@ -8,7 +8,7 @@ the partner directory layout). ``verify``, ``export`` and ``key`` come from ``cl
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -99,7 +99,10 @@ def _time(value: str | None, option: str) -> datetime | None:
         raise _fail(f"{option}: '{value}' is not an ISO-8601 timestamp", 2) from None
     if parsed.tzinfo is None:
         raise _fail(f"{option}: '{value}' has no time zone (write e.g. 2025-05-01T09:00:00Z)", 2)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise _fail(f"{option}: '{value}' is out of range in UTC (years 1 to 9999)", 2) from None
 
 
 def _record(
@@ -265,10 +268,12 @@ def report(
     partner_dir: PartnerDirOpt = None,
 ) -> None:
     """Write the audit report for a period (consents, withdrawals, uses, refusals, verification)."""
-    from fedcrm.consent.report import build_report, write_report  # noqa: PLC0415
+    from fedcrm.consent.report import build_report, report_period, write_report  # noqa: PLC0415
 
-    stop = _time(end, "--end") or datetime.now(UTC)
-    begin = _time(start, "--start") or stop - timedelta(days=30)
+    try:
+        begin, stop = report_period(_time(start, "--start"), _time(end, "--end"))
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
     try:
         with open_ledger(ledger, None, partner_dir, write=False) as led:
             audit = build_report(led, begin, stop)
@@ -301,17 +306,26 @@ def serve(
     signing_key: SigningKeyOpt = None,
     partner_dir: PartnerDirOpt = None,
 ) -> None:
-    """Serve the consent API (OpenAPI docs at /docs)."""
+    """Serve the consent API (OpenAPI docs at /docs); one access line per request, route templates only."""
     import uvicorn  # noqa: PLC0415
 
     from fedcrm.consent.api import create_app  # noqa: PLC0415
+    from fedcrm.consent.tokens import check_token_file  # noqa: PLC0415
 
     try:
+        # Refuse a missing, invalid or too-readable token file now, not with a failure on every request.
+        n_tokens = check_token_file(tokens)
         led = open_ledger(ledger, signing_key, partner_dir, write=signing_key is not None or partner_dir is not None)
     except FedcrmError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), 2) from None
+    if n_tokens == 0:
+        console.print(f"[yellow]warning:[/] {tokens} holds no tokens yet; every request is refused until one is created")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        console.print(f"[yellow]warning:[/] listening on {host}, beyond loopback; put a TLS-terminating proxy in front")
     try:
-        uvicorn.run(create_app(led, tokens), host=host, port=port, log_level="info")
+        # uvicorn's access log prints raw paths and query strings (pseudonyms); the app logs route templates instead.
+        uvicorn.run(create_app(led, tokens), host=host, port=port, log_level="info", access_log=False,
+                    server_header=False)
     finally:
         led.close()
 

@@ -8,7 +8,7 @@ subject by ``fedcrm consent subject``.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,10 @@ from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
 
-__all__ = ["AuditReport", "build_report", "render_html", "write_report"]
+__all__ = ["DEFAULT_PERIOD", "AuditReport", "build_report", "render_html", "report_period", "write_report"]
+
+#: The report period when no start is given: this long before its end.
+DEFAULT_PERIOD = timedelta(days=30)
 
 
 class _Out(BaseModel):
@@ -112,6 +115,39 @@ class AuditReport(_Out):
     statement: str
 
 
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} {value.isoformat()} has no time zone (report period bounds must be tz-aware)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name} {value.isoformat()} is out of range in UTC (years 1 to 9999)") from None
+
+
+def report_period(start: datetime | None, end: datetime | None, *, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The period ``[start, end)`` in UTC with its defaults (end: now; start: 30 days before end).
+
+    Raises
+    ------
+    ValueError
+        A bound without a zone or outside what UTC can hold, a default start before year 1,
+        or an empty period; the message names the bound.
+    """
+    stop = _utc(end, "end") if end is not None else (now or datetime.now(UTC)).astimezone(UTC)
+    if start is not None:
+        begin = _utc(start, "start")
+    else:
+        try:
+            begin = stop - DEFAULT_PERIOD
+        except OverflowError:
+            raise ValueError(
+                f"end {stop.isoformat()} is less than {DEFAULT_PERIOD.days} days after year 1; give start as well"
+            ) from None
+    if stop <= begin:
+        raise ValueError(f"report period is empty: end {stop.isoformat()} is not after start {begin.isoformat()}")
+    return begin, stop
+
+
 def _in(when: datetime, start: datetime, end: datetime) -> bool:
     return start <= when < end
 
@@ -123,10 +159,7 @@ def build_report(
 
     Consents count by effective time; uses and refusals by their consent-as-of time ``at``.
     """
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("report period bounds must be tz-aware")
-    if end <= start:
-        raise ValueError(f"report period is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    start, end = report_period(start, end)
     vocab = vocabulary or default_vocabulary()
     verification = ledger.verify()
     head = ledger.latest_checkpoint()

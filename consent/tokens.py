@@ -23,7 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedcrm.errors import AuthorizationError, ConfigError
 
-__all__ = ["ROLES", "Role", "TokenRecord", "TokenStore", "create_token", "list_tokens", "revoke_token"]
+__all__ = [
+    "ROLES",
+    "Role",
+    "TokenRecord",
+    "TokenStore",
+    "check_token_file",
+    "create_token",
+    "list_tokens",
+    "revoke_token",
+]
 
 Role = Literal["auditor", "partner-writer", "coordinator"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -52,14 +61,26 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _check_mode(path: Path) -> None:
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: the token file is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & ~0o600:
+        # Group/other bits (or an executable bit) on a credentials file are a mistake to stop at, not to serve with.
+        raise ConfigError(
+            f"{path}: token file has mode {mode:o}, wider than 600 (readable by others?); run `chmod 600 {path}`"
+        )
+
+
 def _read(path: Path) -> _TokenFile:
     if not path.exists():
         return _TokenFile()
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(f"{path}: token file is readable by others (mode {mode:o}); run `chmod 600 {path}`")
+    _check_mode(path)
     try:
         return _TokenFile.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the token file: {exc}") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
@@ -116,7 +137,7 @@ class TokenStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._records: list[TokenRecord] = []
 
     def _load(self) -> list[TokenRecord]:
@@ -124,7 +145,8 @@ class TokenStore:
             st = self.path.stat()
         except FileNotFoundError:
             return []
-        stamp = (st.st_mtime_ns, st.st_size)
+        # The mode is part of the stamp: a chmod alone must be noticed (and a widened mode refused).
+        stamp = (st.st_mtime_ns, st.st_size, st.st_mode, st.st_ino)
         if stamp != self._stamp:
             self._records = _read(self.path).tokens
             self._stamp = stamp
@@ -137,6 +159,8 @@ class TokenStore:
         ------
         AuthorizationError
             If the token is missing or unknown.
+        ConfigError
+            If the token file became unusable (e.g. its mode was widened): nobody is let in.
         """
         if not token:
             raise AuthorizationError("missing bearer token")
@@ -149,3 +173,17 @@ class TokenStore:
         if match is None:
             raise AuthorizationError("unknown bearer token")
         return match
+
+
+def check_token_file(path: Path | str) -> int:
+    """Refuse a token file a server should not start with; return how many tokens it holds.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not a regular file, has a mode wider than 0600, or is invalid.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no token file; create one with `fedcrm consent token create --tokens {path} ...`")
+    return len(_read(path).tokens)
