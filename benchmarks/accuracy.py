@@ -132,9 +132,13 @@ class Case:
 # -- preparing partners ---------------------------------------------------------------------------
 
 def fresh_partners(case: Case) -> tuple[list[Path], Path]:
-    """Copy the split's bundled partners and the test set to a fresh directory and initialise them."""
+    """Copy the split's bundled partners and the test set to a fresh directory, initialise them, approve the task."""
+    from fedcrm.client.approvals import approve  # what `fedcrm client approve` records
     from fedcrm.client.cli import init as client_init  # the CLI's own code: key + consent ledger
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.coordinator.run_config import load_run_config
 
+    task = load_task_schema(load_run_config(case.spec.run_config, {}).task)
     if case.work.exists():
         shutil.rmtree(case.work)
     case.work.mkdir(parents=True)
@@ -143,6 +147,7 @@ def fresh_partners(case: Case) -> tuple[list[Path], Path]:
         shutil.copytree(case.spec.partner_root / case.split / name, case.work / name)
         configs.append(case.work / name / "partner.toml")
         client_init(config=configs[-1])
+        approve(load_partner_config(configs[-1]), task, approved_by="benchmark")
     shutil.copytree(case.spec.partner_root / case.spec.test_dir, case.work / case.spec.test_dir)
     return configs, case.work / case.spec.test_dir / "partner.toml"
 

@@ -64,6 +64,8 @@ def prepare(work: Path) -> list[Path]:
         shutil.copytree(BUNDLED / name, work / name)
         config = work / name / "partner.toml"
         _cli("client", "init", "--config", str(config))
+        _cli("client", "approve", "--config", str(config), "--task", str(load_run_config(RUN_CONFIG, {}).task),
+             "--by", "benchmark")
         _cli("consent", "import", str(work / name / "consents.csv"), "--partner-dir", str(work / name),
              "--partner-key", str(work / name / "partner.key"))
         configs.append(config)

@@ -164,11 +164,12 @@ def merge(
         console.print(f"  {name}: {path}")
 
 
-# Commands kept in their own modules (one job each): join a run, score, analytics.
-from fedcrm.client import cli_check, cli_join, cli_score  # noqa: E402
+# Commands kept in their own modules (one job each): approve tasks, join a run, score, analytics.
+from fedcrm.client import cli_approve, cli_check, cli_join, cli_score  # noqa: E402
 from fedcrm.client.cli_analytics import register as register_analytics  # noqa: E402
 
 cli_join.register(app)
 cli_score.register(app)
+cli_approve.register(app)
 cli_check.register(app)
 register_analytics(app)

@@ -124,6 +124,11 @@ class PrivacySpec(_Strict):
     egress_journal: Literal["off", "digest", "full"] = Field(
         "digest", description="Journal of what leaves the partner: digests only, or the full wire bytes"
     )
+    purposes: list[str] | None = Field(
+        None,
+        description="Purposes this partner approves federated tasks for (default: any purpose of its consent "
+        "vocabulary); `fedcrm client approve` and every order are checked against it",
+    )
 
 
 class PartnerConfig(_Strict):

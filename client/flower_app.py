@@ -14,8 +14,6 @@ The coordinator passes the path through unread.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +21,19 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import NDArrays, Scalar
 from flwr.common.serde import recorddict_to_proto
 
+from fedcrm.client.admission import admit
 from fedcrm.client.egress import journal_message
 from fedcrm.client.faults import configured_fault, fault_injection_mod
-from fedcrm.client.partner_session import PartnerSession, RoundOrder, check_schema
+from fedcrm.client.partner_session import PartnerSession, RoundOrder
 from fedcrm.errors import ConfigError, TaskSchemaMismatch
 from fedcrm.models.train import TrainConfig
-from fedcrm.protocol import Key, Metric
+from fedcrm.protocol import EvaluateOrder, FitOrder, HelloOrder, HelloReply, TaskOrder, read_properties_order
 
-STATE_RECORD = "fedcrm.partner"
+#: Partner-local node state (never sent): the task schema hash this run is pinned to.
+STATE_RECORD = "partner-state"
 
 
 def partner_config_path(context: Context) -> Path:
@@ -48,84 +49,84 @@ def partner_config_path(context: Context) -> Path:
     )
 
 
-def _order(config: dict[str, object]) -> RoundOrder:
-    return RoundOrder(
-        run_id=str(config[Key.RUN_ID]),
-        server_round=int(config[Key.ROUND]),  # type: ignore[arg-type]
-        stage=str(config[Key.STAGE]),
-        at=datetime.fromisoformat(str(config[Key.CONSENT_AS_OF])),
-        schema_hash=str(config[Key.SCHEMA_HASH]),
-    )
-
-
-def _train_config(config: dict[str, object]) -> TrainConfig:
-    project = bool(config.get(Key.PROJECT_PARAMS, True))
-    bound = float(config[Key.CLIPPING_RANGE]) if project and Key.CLIPPING_RANGE in config else None  # type: ignore[arg-type]
+def train_config(order: FitOrder) -> TrainConfig:
+    """Local training settings of a fit order (the seed differs per round)."""
     return TrainConfig(
-        epochs=int(config.get(Key.LOCAL_EPOCHS, 2)),  # type: ignore[arg-type]
-        learning_rate=float(config.get(Key.LEARNING_RATE, 0.01)),  # type: ignore[arg-type]
-        batch_size=int(config.get(Key.BATCH_SIZE, 64)),  # type: ignore[arg-type]
-        optimizer=str(config.get("fedcrm.optimizer", "adam")),  # type: ignore[arg-type]
-        proximal_mu=float(config.get(Key.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
-        param_bound=bound,
-        seed=int(config.get(Key.SEED, 0)) + int(config[Key.ROUND]),  # type: ignore[arg-type]
+        epochs=order.local_epochs,
+        learning_rate=order.learning_rate,
+        batch_size=order.batch_size,
+        optimizer=order.optimizer,
+        proximal_mu=order.proximal_mu,
+        param_bound=order.clipping_range if order.project_params else None,
+        seed=order.seed + order.server_round,
     )
 
 
 class PartnerClient(NumPyClient):
-    """Flower's view of one partner; all work is delegated to :class:`PartnerSession`."""
+    """Flower's view of one partner; all work is delegated to :class:`PartnerSession`.
+
+    Every order is decoded by its model in ``fedcrm.protocol`` (protocol version first), then
+    admitted by the partner (:func:`fedcrm.client.admission.admit`): approved task, allowed
+    purpose, the partner's own clock. Only then does the session touch customer data.
+    """
 
     def __init__(self, context: Context) -> None:
         self.ctx = context
         self.session = PartnerSession(partner_config_path(context))
 
-    def _task(self, config: dict[str, object]):  # noqa: ANN202
-        """Task schema of this run, pinned at the first message that carried it."""
-        task = check_schema(str(config["fedcrm.task-schema"]), str(config[Key.SCHEMA_HASH]), self.session.name)
+    def _pin_task(self, order: TaskOrder) -> None:
+        """Pin the run's task schema at the first order that carried it; refuse a change mid-run."""
+        digest = order.task_schema_sha256
         state = self.ctx.state.config_records.get(STATE_RECORD)
         if state is None:
-            self.ctx.state.config_records[STATE_RECORD] = ConfigRecord({"schema-hash": task.sha256()})
-        elif state["schema-hash"] != task.sha256():
+            self.ctx.state.config_records[STATE_RECORD] = ConfigRecord({"schema-hash": digest})
+        elif state["schema-hash"] != digest:
             raise TaskSchemaMismatch(
                 f"partner {self.session.name}: task schema changed during the run "
-                f"({str(state['schema-hash'])[:12]}… → {task.sha256()[:12]}…)"
+                f"({str(state['schema-hash'])[:12]}… → {digest[:12]}…)"
             )
-        return task
 
-    def get_properties(self, config):  # type: ignore[no-untyped-def]
+    def _admit(self, order: TaskOrder) -> RoundOrder:
+        """The partner's decision on an order: purpose from its approval, consent time from its clock."""
+        admission = admit(self.session.config, order)
+        self._pin_task(order)
+        return RoundOrder(run_id=order.run_id, server_round=order.server_round, stage=order.stage,
+                          at=admission.at, schema_hash=order.task_schema_sha256, purpose=admission.purpose)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Handshake (partner name) and the federated statistics round."""
-        if config.get(Key.STAGE) == "hello":
-            return {Metric.PARTNER: self.session.name}
-        task = self._task(config)
-        cells, head = self.session.statistics(task, _order(config))
-        return {**cells, Metric.PARTNER: self.session.name, "ledger_checkpoint": head}
+        order = read_properties_order(config)
+        if isinstance(order, HelloOrder):
+            return dict(HelloReply(partner=self.session.name).to_config())
+        reply = self.session.statistics(order.task_schema, self._admit(order))
+        return dict(reply.to_config())
 
-    def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Local training from the global weights."""
-        task = self._task(config)
-        clipping = float(config[Key.CLIPPING_RANGE]) if Key.CLIPPING_RANGE in config else None
+        order = FitOrder.from_config(config)
         arrays, n, metrics = self.session.fit(
-            task,
-            _order(config),
+            order.task_schema,
+            self._admit(order),
             [np.asarray(a) for a in parameters],
-            json.loads(str(config[Key.SCALING])),
-            _train_config(config),
-            architecture=str(config["fedcrm.architecture"]),
-            max_weight=float(config.get(Key.MAX_WEIGHT, 1.0)),
-            clipping_range=clipping,
+            order.scaling,
+            train_config(order),
+            architecture=order.architecture,
+            max_weight=order.max_weight or 1.0,
+            clipping_range=order.clipping_range,
         )
-        return arrays, n, metrics
+        return arrays, n, dict(metrics.to_config())
 
-    def evaluate(self, parameters, config):  # type: ignore[no-untyped-def]
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Federated evaluation on the partner's local hold-out."""
-        task = self._task(config)
-        return self.session.evaluate(
-            task,
-            _order(config),
+        order = EvaluateOrder.from_config(config)
+        loss, n, metrics = self.session.evaluate(
+            order.task_schema,
+            self._admit(order),
             [np.asarray(a) for a in parameters],
-            json.loads(str(config[Key.SCALING])),
-            architecture=str(config["fedcrm.architecture"]),
+            order.scaling,
+            architecture=order.architecture,
         )
+        return loss, n, dict(metrics.to_config())
 
 
 def client_fn(context: Context):  # noqa: ANN201

@@ -1,8 +1,8 @@
 """One partner's side of one federated round, free of Flower.
 
-Everything a partner does when the coordinator asks: check the task schema, load its
-ingested customers, pass them through the consent gate for the round's purpose and
-consent-as-of time, encode features, train or evaluate locally, and return only values
+Everything a partner does for an admitted order (``client/admission.py``): load its
+ingested customers, pass them through the consent gate for the purpose of its approval
+and at its own clock's consent-as-of time, encode features, train or evaluate locally, and return only values
 computed over at least the minimum count of customers. ``client/flower_app.py`` is the
 thin Flower shell around this module.
 """
@@ -10,7 +10,6 @@ thin Flower shell around this module.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,25 +25,30 @@ from fedcrm.client.stats import local_statistics, require_min_count
 from fedcrm.client.vocabulary import vocabulary_for_gate
 from fedcrm.consent.gate import ConsentedView, UsageContext, gate
 from fedcrm.consent.ledger import Ledger
-from fedcrm.errors import ClippingRangeExceeded, TaskSchemaMismatch
+from fedcrm.errors import ClippingRangeExceeded
 from fedcrm.logging import get_logger
 from fedcrm.models.nets import build_model
 from fedcrm.models.params import get_arrays, max_abs, set_arrays
 from fedcrm.models.train import TrainConfig, evaluate, train_local
-from fedcrm.protocol import Metric, TaskSchema
+from fedcrm.protocol import EvaluateMetrics, FitMetrics, StatisticsReply, TaskSchema
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class RoundOrder:
-    """What the coordinator asked for in one round (decoded from the message config)."""
+    """One admitted order: what the coordinator asked for, with the partner's own decisions.
+
+    ``at`` is the partner's clock and ``purpose`` comes from the partner's approval of the
+    task (see ``client/admission.py``); the coordinator sets neither.
+    """
 
     run_id: str
     server_round: int
     stage: str
     at: datetime
     schema_hash: str
+    purpose: str
 
     @property
     def model_version(self) -> str:
@@ -88,7 +92,7 @@ class PartnerSession:
             view = gate(
                 frame,
                 self.column_categories(),
-                task.purpose,
+                order.purpose,
                 order.at,
                 columns,
                 ledger=ledger,
@@ -115,11 +119,12 @@ class PartnerSession:
         return frame[mask if validation else ~mask]
 
     # -- the stages ------------------------------------------------------------------------
-    def statistics(self, task: TaskSchema, order: RoundOrder) -> tuple[dict[str, float], str]:
+    def statistics(self, task: TaskSchema, order: RoundOrder) -> StatisticsReply:
         """Statistics-round cells over the training part, with the ledger head."""
         view, head = self.consented(task, order, self.task_columns(task, with_label=False))
         train = self.split(view.frame, validation=False)
-        return local_statistics(train, task, min_count=self.config.privacy.min_count, partner=self.name), head
+        cells = local_statistics(train, task, min_count=self.config.privacy.min_count, partner=self.name)
+        return StatisticsReply(partner=self.name, consent_as_of=order.at, ledger_checkpoint=head, cells=cells)
 
     def fit(
         self,
@@ -132,7 +137,7 @@ class PartnerSession:
         architecture: str,
         max_weight: float,
         clipping_range: float | None,
-    ) -> tuple[list[np.ndarray], int, dict[str, float | str]]:
+    ) -> tuple[list[np.ndarray], int, FitMetrics]:
         """Local training from the global weights; returns (arrays, num_examples, metrics)."""
         view, head = self.consented(task, order, self.task_columns(task, with_label=True))
         train = self.split(view.frame, validation=False)
@@ -149,12 +154,11 @@ class PartnerSession:
                     f"{scaled:.4g} exceeds the SecAgg+ clipping range {clipping_range:g}; refusing to send an update "
                     "that secure aggregation would silently clip"
                 )
-        metrics: dict[str, float | str] = {Metric.PARTNER: self.name, Metric.LOSS: result.loss, "ledger_checkpoint": head}
-        return out, n, metrics
+        return out, n, FitMetrics(partner=self.name, consent_as_of=order.at, ledger_checkpoint=head, loss=result.loss)
 
     def evaluate(
         self, task: TaskSchema, order: RoundOrder, arrays: list[np.ndarray], scaling: Scaling, *, architecture: str
-    ) -> tuple[float, int, dict[str, float | str]]:
+    ) -> tuple[float, int, EvaluateMetrics]:
         """Evaluate the global model on the local hold-out; metrics withheld below the minimum."""
         view, head = self.consented(task, order, self.task_columns(task, with_label=True))
         holdout = self.split(view.frame, validation=True)
@@ -163,24 +167,15 @@ class PartnerSession:
         set_arrays(model, arrays)
         y = encode_labels(holdout, LABEL)
         scores = evaluate(model, encode_features(holdout, task, scaling), y)
-        metrics: dict[str, float | str] = {Metric.PARTNER: self.name, "ledger_checkpoint": head}
+        ranking: dict[str, float] = {}
         positives, negatives = int(y.sum()), int(len(y) - y.sum())
-        for name in (Metric.ROC_AUC, Metric.PR_AUC, Metric.TOP_DECILE_LIFT):
+        for name in ("roc_auc", "pr_auc", "top_decile_lift"):
             # Ranking metrics describe both classes: each class must itself meet the minimum count.
             value = scores[name]
             if min(positives, negatives) < self.config.privacy.min_count or math.isnan(value):
                 log.info("evaluation metric withheld: a class is below the minimum count", extra={"cell": name})
                 continue
-            metrics[name] = value
+            ranking[name] = value
+        metrics = EvaluateMetrics(partner=self.name, consent_as_of=order.at, ledger_checkpoint=head, **ranking)
         return scores["loss"], n, metrics
 
-
-def check_schema(task_json: str, expected_hash: str, partner: str) -> TaskSchema:
-    """Parse the task schema sent by the coordinator and check it against the round's hash."""
-    task = TaskSchema.model_validate(json.loads(task_json))
-    actual = task.sha256()
-    if actual != expected_hash:
-        raise TaskSchemaMismatch(
-            f"partner {partner}: task schema hash {actual[:12]}… differs from the round's {expected_hash[:12]}…"
-        )
-    return task

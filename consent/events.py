@@ -29,7 +29,9 @@ __all__ = [
     "ErasureEvent",
     "KeyRotationEvent",
     "LedgerEvent",
+    "OrderRefusalEvent",
     "RefusalEvent",
+    "TaskApprovalEvent",
     "UsageEvent",
     "VocabularyEvent",
     "canonical_json",
@@ -173,8 +175,45 @@ class VocabularyEvent(_Event):
     _to_utc = field_validator("at")(lambda cls, v: _utc(v))
 
 
+class TaskApprovalEvent(_Event):
+    """The partner approved (or revoked) one exact task schema for federated runs."""
+
+    kind: Literal["task_approval"] = "task_approval"
+    action: Literal["approve", "revoke"]
+    partner: str
+    task_name: str
+    task_version: str
+    task_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the task schema's canonical JSON")
+    purpose: str = Field(min_length=1, description="The consent purpose the partner's gate uses for this task")
+    approved_by: str = Field("", max_length=200, description="Who decided (free text, e.g. the data-team lead)")
+    note: str = Field("", max_length=2000)
+    at: AwareDatetime
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
+class OrderRefusalEvent(_Event):
+    """The partner refused a coordinator's order before touching any customer data."""
+
+    kind: Literal["order_refusal"] = "order_refusal"
+    partner: str
+    job_id: str = Field(description="The run id the order named")
+    model_version: str = Field(description="`<run_id>:<round>` of the order")
+    stage: str
+    task_name: str
+    task_sha256: str
+    purpose: str = Field(description="The purpose the order's task schema declares")
+    reason: Literal["task_not_approved", "purpose_not_allowed", "consent_time"]
+    detail: str
+    requested_consent_as_of: AwareDatetime | None = Field(None, description="The consent time the order asked for")
+    at: AwareDatetime = Field(description="The partner's clock when it refused")
+
+    _to_utc = field_validator("at", "requested_consent_as_of")(lambda cls, v: None if v is None else _utc(v))
+
+
 LedgerEvent = Annotated[
-    ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | ErasureEvent | VocabularyEvent,
+    ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | ErasureEvent | VocabularyEvent | TaskApprovalEvent
+    | OrderRefusalEvent,
     Field(discriminator="kind"),
 ]
 event_adapter: TypeAdapter[Any] = TypeAdapter(LedgerEvent)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcrm.config_files import read_config, validate_config
-from fedcrm.protocol import DEFAULT_MIN_COUNT
 
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"]
+
+#: Former run settings that each partner now decides for itself, and where.
+PARTNER_DECISIONS = {
+    "consent_as_of": "each partner evaluates consent at its own clock; a coordinator may not move it "
+                     "(an order asking for another time is refused and recorded in the partner's ledger)",
+    "purpose": "the purpose is the task schema's, and each partner's gate uses the purpose of its own "
+               "approval of the task (`fedcrm client approve`)",
+    "min_count": "the minimum count is each partner's own privacy setting ([privacy] min_count in its "
+                 "partner config); the coordinator does not send it",
+}
 
 
 class RunConfig(BaseModel):
@@ -28,7 +36,6 @@ class RunConfig(BaseModel):
     strategy: StrategyName = "fedavg"
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx mu (strategy 'fedprox')")
     server_learning_rate: float = Field(0.05, gt=0.0, description="FedAdam/FedYogi server step")
-    min_count: int = Field(DEFAULT_MIN_COUNT, ge=1)
     seed: int = 0
     local_epochs: int = Field(2, ge=1)
     learning_rate: float = Field(0.01, gt=0.0)
@@ -46,25 +53,20 @@ class RunConfig(BaseModel):
         300.0, gt=0, le=86400, description="Longest wait, in seconds, for partners' replies at any one stage"
     )
     connect_timeout: float = Field(120.0, gt=0, le=86400, description="Longest wait for every partner to connect")
-    consent_as_of: list[datetime] = Field(
-        default_factory=list,
-        description="Fixed consent-as-of times: index 0 for the statistics round, k for round k (tests use this)",
-    )
-    purpose: str | None = Field(None, description="Override the task's purpose (must match the consent vocabulary)")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    @field_validator("consent_as_of")
+    @model_validator(mode="before")
     @classmethod
-    def _aware(cls, values: list[datetime]) -> list[datetime]:
-        for v in values:
-            if v.tzinfo is None:
-                raise ValueError(f"consent_as_of time {v.isoformat()} needs a time zone (e.g. 'Z')")
-        return values
+    def _partner_decisions(cls, data: Any) -> Any:
+        """Settings that are the partners' to decide are refused, saying where they live now."""
+        if isinstance(data, dict):
+            for key, why in PARTNER_DECISIONS.items():
+                if key in data:
+                    raise ValueError(f"'{key}' is not a run setting: {why}")
+        return data
 
     @model_validator(mode="after")
     def _checks(self) -> RunConfig:
-        if self.consent_as_of and len(self.consent_as_of) < self.rounds + 1:
-            raise ValueError(f"consent_as_of needs {self.rounds + 1} times (statistics round + {self.rounds} rounds)")
         if self.modulus_range & (self.modulus_range - 1) or self.modulus_range <= self.quantization_range:
             raise ValueError("modulus_range must be a power of 2 larger than quantization_range")
         return self

@@ -3,13 +3,15 @@
 Round 0 is a handshake (which node is which partner) and the federated statistics
 round (counts, sums, sums of squares → scaling; partner sizes → SecAgg+ ``max_weight``).
 Then ``rounds`` rounds of training and federated evaluation on Flower's legacy path,
-through the strict SecAgg+ workflow by default. Every round's config carries the task
-schema hash, the consent-as-of time and the model version ``<run_id>:<round>``.
+through the strict SecAgg+ workflow by default. Every order is a typed message from
+``fedcrm.protocol`` carrying the protocol version, run, round and the task schema with its
+hash; every reply is decoded by its model. The coordinator asks, the partner decides: it
+sends no consent time, purpose or minimum count (each partner uses its own clock, the
+purpose of its approval of the task, and its own privacy settings).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +33,17 @@ from fedcrm.errors import RoundFailed
 from fedcrm.logging import get_logger
 from fedcrm.models.nets import build_model
 from fedcrm.models.params import get_arrays, get_names
-from fedcrm.protocol import Key, Metric, TaskSchema
+from fedcrm.protocol import (
+    EvaluateMetrics,
+    EvaluateOrder,
+    FitMetrics,
+    FitOrder,
+    HelloOrder,
+    HelloReply,
+    StatisticsOrder,
+    StatisticsReply,
+    TaskSchema,
+)
 
 log = get_logger(__name__)
 
@@ -46,7 +58,6 @@ class Federation:
         self.plan = plan
         self.cfg = plan.config
         self.task = TaskSchema.model_validate_json(plan.task_schema_json)
-        self.purpose = self.cfg.purpose or self.task.purpose
         model = build_model(self.cfg.architecture, self.task.width, seed=self.cfg.seed)
         self.initial = get_arrays(model)
         self.recorder = RunRecorder(
@@ -58,58 +69,42 @@ class Federation:
         self.node_names: NodeNames = {}
         self.scaling: dict[str, tuple[float, float]] = {}
         self.max_weight = 1.0
-        self._round_at: dict[int, str] = {}
 
-    # -- per-round configuration ----------------------------------------------------------
-    def consent_as_of(self, server_round: int) -> str:
-        """The consent-as-of time of a round: fixed by the run config, or the UTC clock at round start."""
-        if server_round not in self._round_at:
-            if self.cfg.consent_as_of:
-                at = self.cfg.consent_as_of[server_round]
-            else:
-                at = datetime.now(UTC)
-            self._round_at[server_round] = at.astimezone(UTC).isoformat()
-        return self._round_at[server_round]
+    # -- the orders -----------------------------------------------------------------------
+    def _task_fields(self, server_round: int) -> dict[str, Any]:
+        """What every task order carries: run, round, the task schema and its hash."""
+        return {"run_id": self.plan.run_id, "server_round": server_round, "task_schema": self.task,
+                "task_schema_sha256": self.task.sha256()}
 
-    def base_config(self, server_round: int, stage: str) -> dict[str, Scalar]:
-        """Keys every message of a round carries."""
-        return {
-            Key.STAGE: stage,
-            Key.RUN_ID: self.plan.run_id,
-            Key.ROUND: server_round,
-            Key.MODEL_VERSION: f"{self.plan.run_id}:{server_round}",
-            Key.CONSENT_AS_OF: self.consent_as_of(server_round),
-            Key.SCHEMA_HASH: self.task.sha256(),
-            Key.PURPOSE: self.purpose,
-            Key.MIN_COUNT: self.cfg.min_count,
-            "fedcrm.task-schema": self.plan.task_schema_json,
-        }
+    def fit_order(self, server_round: int) -> FitOrder:
+        """The order of a training round."""
+        secagg = self.cfg.aggregation == "secagg"
+        return FitOrder(
+            **self._task_fields(server_round),
+            architecture=self.cfg.architecture,
+            scaling=self.scaling,
+            local_epochs=self.cfg.local_epochs,
+            learning_rate=self.cfg.learning_rate,
+            batch_size=self.cfg.batch_size,
+            optimizer=self.cfg.optimizer,
+            proximal_mu=self.cfg.proximal_mu if self.cfg.strategy == "fedprox" else 0.0,
+            seed=self.cfg.seed,
+            project_params=self.cfg.project_params,
+            max_weight=self.max_weight if secagg else None,
+            clipping_range=self.cfg.clipping_range if secagg else None,
+        )
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
-        """Config of a training round."""
-        self.recorder.event("round_start", round=server_round, at=self.consent_as_of(server_round))
-        cfg = self.base_config(server_round, "fit")
-        cfg.update({
-            Key.SCALING: json.dumps(self.scaling),
-            Key.LOCAL_EPOCHS: self.cfg.local_epochs,
-            Key.LEARNING_RATE: self.cfg.learning_rate,
-            Key.BATCH_SIZE: self.cfg.batch_size,
-            Key.PROXIMAL_MU: self.cfg.proximal_mu if self.cfg.strategy == "fedprox" else 0.0,
-            Key.SEED: self.cfg.seed,
-            Key.PROJECT_PARAMS: self.cfg.project_params,
-            "fedcrm.optimizer": self.cfg.optimizer,
-            "fedcrm.architecture": self.cfg.architecture,
-        })
-        if self.cfg.aggregation == "secagg":
-            cfg[Key.MAX_WEIGHT] = self.max_weight
-            cfg[Key.CLIPPING_RANGE] = self.cfg.clipping_range
-        return cfg
+        """Flower config of a training round (the strategy's ``on_fit_config_fn``)."""
+        # When the coordinator started the round, by its clock; partners report the consent time they used.
+        self.recorder.event("round_start", round=server_round, at=datetime.now(UTC).isoformat())
+        return dict(self.fit_order(server_round).to_config())
 
     def evaluate_config(self, server_round: int) -> dict[str, Scalar]:
-        """Config of a federated-evaluation round."""
-        cfg = self.base_config(server_round, "evaluate")
-        cfg.update({Key.SCALING: json.dumps(self.scaling), "fedcrm.architecture": self.cfg.architecture})
-        return cfg
+        """Flower config of a federated-evaluation round (the strategy's ``on_evaluate_config_fn``)."""
+        order = EvaluateOrder(**self._task_fields(server_round), architecture=self.cfg.architecture,
+                              scaling=self.scaling)
+        return dict(order.to_config())
 
     # -- callbacks from the strategy and the SecAgg+ workflow ------------------------------
     def on_fit(self, server_round: int, parameters: Any, results: list[Any]) -> None:
@@ -118,9 +113,10 @@ class Federation:
         partners = {}
         for proxy, res in results:
             name = self.node_names.get(proxy.node_id, str(proxy.node_id))
-            partners[name] = {"num_examples": res.num_examples, "loss": res.metrics.get(Metric.LOSS)}
-            if "ledger_checkpoint" in res.metrics:
-                self.recorder.head(name, server_round, "fit", str(res.metrics["ledger_checkpoint"]))
+            metrics = FitMetrics.from_config(res.metrics)
+            partners[name] = {"num_examples": res.num_examples, "loss": metrics.loss,
+                              "consent_as_of": metrics.consent_as_of.isoformat()}
+            self.recorder.head(name, server_round, "fit", metrics.ledger_checkpoint)
         self.recorder.event("fit", round=server_round, partners=partners)
 
     def on_evaluate(self, server_round: int, loss: float, results: list[Any]) -> None:
@@ -128,14 +124,14 @@ class Federation:
         weighted: dict[str, list[tuple[float, int]]] = {}
         for proxy, res in results:
             name = self.node_names.get(proxy.node_id, str(proxy.node_id))
-            entry = {"num_examples": res.num_examples, "loss": res.loss}
-            for metric in (Metric.ROC_AUC, Metric.PR_AUC, Metric.TOP_DECILE_LIFT):
-                if metric in res.metrics:
-                    entry[str(metric)] = float(res.metrics[metric])
-                    weighted.setdefault(str(metric), []).append((float(res.metrics[metric]), res.num_examples))
+            metrics = EvaluateMetrics.from_config(res.metrics)
+            entry: dict[str, Any] = {"num_examples": res.num_examples, "loss": res.loss,
+                                     "consent_as_of": metrics.consent_as_of.isoformat()}
+            for metric, value in metrics.ranking().items():
+                entry[metric] = value
+                weighted.setdefault(metric, []).append((value, res.num_examples))
             partners[name] = entry
-            if "ledger_checkpoint" in res.metrics:
-                self.recorder.head(name, server_round, "evaluate", str(res.metrics["ledger_checkpoint"]))
+            self.recorder.head(name, server_round, "evaluate", metrics.ledger_checkpoint)
         federated = {m: sum(v * n for v, n in vals) / sum(n for _, n in vals) for m, vals in weighted.items()}
         self.recorder.event("evaluate", round=server_round, loss=loss, federated=federated, partners=partners)
 
@@ -143,9 +139,11 @@ class Federation:
         self.recorder.event("secagg_stage", round=server_round, stage=stage, partners=partners)
 
     # -- round 0 ---------------------------------------------------------------------------
-    def query(self, grid: Grid, node_ids: list[int], config: dict[str, Scalar], stage: str) -> dict[int, dict[str, Scalar]]:
+    def query(
+        self, grid: Grid, node_ids: list[int], config: dict[str, Any], stage: str
+    ) -> dict[int, dict[str, Scalar]]:
         """Send a legacy get_properties message to every node; fail naming anyone who did not answer."""
-        content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config=config))
+        content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config=dict(config)))
         messages = [
             Message(content=content, dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES, group_id="0")
             for n in node_ids
@@ -171,21 +169,20 @@ class Federation:
     def handshake(self, grid: Grid) -> list[int]:
         """Wait for every partner and learn which node is which (also the first step of a resume)."""
         node_ids = wait_for_nodes(grid, self.plan.num_partners, self.cfg.connect_timeout)
-        hello = self.query(grid, node_ids, {Key.STAGE: "hello"}, "hello")
-        self.node_names.update({n: str(a[Metric.PARTNER]) for n, a in hello.items()})
+        hello = self.query(grid, node_ids, HelloOrder(run_id=self.plan.run_id).to_config(), "hello")
+        self.node_names.update({n: HelloReply.from_config(a).partner for n, a in hello.items()})
         self.recorder.event("partners", partners=sorted(self.node_names.values()))
         return node_ids
 
     def statistics(self, grid: Grid, node_ids: list[int]) -> None:
         """The federated statistics round: scaling, and partner sizes for SecAgg+ max_weight."""
-        answers = self.query(grid, node_ids, self.base_config(0, "stats"), "stats")
+        answers = self.query(grid, node_ids, StatisticsOrder(**self._task_fields(0)).to_config(), "stats")
         cells = {}
         for node, answer in answers.items():
             name = self.node_names[node]
-            if "ledger_checkpoint" in answer:
-                self.recorder.head(name, 0, "stats", str(answer.pop("ledger_checkpoint")))
-            answer.pop(Metric.PARTNER, None)
-            cells[name] = {k: float(v) for k, v in answer.items()}  # type: ignore[arg-type]
+            reply = StatisticsReply.from_config(answer)
+            self.recorder.head(name, 0, "stats", reply.ledger_checkpoint)
+            cells[name] = dict(reply.cells)
         self.scaling = combine_statistics(cells, self.task)
         rows = partner_rows(cells)
         self.max_weight = float(max(rows.values())) * self.cfg.max_weight_headroom

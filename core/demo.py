@@ -1,8 +1,9 @@
 """`fedcrm demo`: the whole product on the bundled Telco partners, in a few minutes.
 
 Copies the bundled partners (skewed by contract type: A month-to-month, B one year,
-C two year) to a fresh working directory, runs ``fedcrm client init`` for each, runs
-``fedcrm coordinator run`` with secure aggregation on, and prints a comparison on the
+C two year) to a fresh working directory, runs ``fedcrm client init`` for each, has each
+partner approve the task (``fedcrm client approve``: a partner takes part only in tasks it
+approved), runs ``fedcrm coordinator run`` with secure aggregation on, and prints a comparison on the
 bundled common test set (kept apart from every partner): the pooled model of the same
 architecture, the federated model and each partner's local-only model.
 """
@@ -54,13 +55,17 @@ def demo_command(
     console.rule("1. each partner creates its own key and consent ledger")
     for name in PARTNERS:
         _fedcrm("client", "init", "--config", str(workdir / name / "partner.toml"))
-    console.rule("2. the coordinator runs federated training (SecAgg+ on)")
+    cfg = load_run_config(run_config, {})
+    console.rule("2. each partner reviews the task schema and approves it (hash and purpose into its ledger)")
+    for name in PARTNERS:
+        _fedcrm("client", "approve", "--config", str(workdir / name / "partner.toml"), "--task", str(cfg.task),
+                "--by", f"partner {name} data team (demo)")
+    console.rule("3. the coordinator runs federated training (SecAgg+ on)")
     run_id = "demo-" + time.strftime("%Y%m%dT%H%M%S")
     partner_args = [a for name in PARTNERS for a in ("--partner", str(workdir / name / "partner.toml"))]
     _fedcrm("coordinator", "run", *partner_args, "--config", str(run_config), "--run-id", run_id,
             "--runs-dir", str(workdir / "runs"))
-    console.rule("3. comparison on the common test set")
-    cfg = load_run_config(run_config, {})
+    console.rule("4. comparison on the common test set")
     table = compare(workdir, workdir / "runs" / run_id, cfg)
     console.print(table)
     console.print(f"run directory: {workdir / 'runs' / run_id} (report.md, report.html, manifest.json)")

@@ -1,4 +1,4 @@
-"""Helpers for tests that run real federations: fresh partner copies, init, run."""
+"""Helpers for tests that run real federations: fresh partner copies, init, approve the task, run."""
 
 from __future__ import annotations
 
@@ -22,9 +22,16 @@ def init_partner(config: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def approve_task(config: Path, task: Path = TELCO_TASK) -> None:
+    """`fedcrm client approve`: the partner agrees to take part in this exact task schema."""
+    result = CliRunner().invoke(app, ["client", "approve", "--config", str(config), "--task", str(task),
+                                      "--by", "test data team"])
+    assert result.exit_code == 0, result.output
+
+
 def copy_partners(tmp: Path, split: str = "skewed", names: tuple[str, ...] = ("A", "B", "C"),
-                  egress: str | None = None) -> list[Path]:
-    """Fresh copies of bundled partners, initialised; returns their config paths."""
+                  egress: str | None = None, task: Path | None = TELCO_TASK) -> list[Path]:
+    """Fresh copies of bundled partners, initialised and (unless ``task`` is None) approving the task."""
     configs = []
     for name in names:
         target = tmp / name
@@ -34,6 +41,8 @@ def copy_partners(tmp: Path, split: str = "skewed", names: tuple[str, ...] = ("A
             text = config.read_text().replace("[privacy]\n", f'[privacy]\negress_journal = "{egress}"\n')
             config.write_text(text)
         init_partner(config)
+        if task is not None:
+            approve_task(config, task)
         configs.append(config)
     return configs
 

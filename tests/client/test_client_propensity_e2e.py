@@ -31,6 +31,7 @@ from fedcrm.evaluation import federated_model, score
 from fedcrm.models.metrics import binary_metrics
 from fedcrm.paths import DATASETS
 from fedcrm.protocol import load_task_schema
+from tests.federation import approve_task
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunResul
         shutil.copytree(BUNDLED / name, root / name)
         config = root / name / "partner.toml"
         _cli("client", "init", "--config", str(config))
+        approve_task(config, TASK)
         _cli("consent", "import", str(root / name / "consents.csv"), "--partner-dir", str(root / name),
              "--partner-key", str(root / name / "partner.key"))
         configs.append(config)

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from fedcrm.client.cli import app as client_app
 from fedcrm.paths import DATASETS
+from tests.federation import approve_task
 
 PARTNERS = ("A", "B", "C")
 
@@ -99,6 +100,7 @@ def rename_config(original: dict[str, Any]) -> dict[str, Any]:
 def _init(config: Path) -> None:
     result = CliRunner().invoke(client_app, ["init", "--config", str(config)])
     assert result.exit_code == 0, result.output
+    approve_task(config)  # before the copy: the renamed partner shares this ledger, approval included
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from fedcrm.models.nets import build_model
 from fedcrm.models.params import get_arrays, get_names
 from fedcrm.paths import DATASETS
 from fedcrm.protocol import load_task_schema
+from tests.federation import approve_task
 
 PARTNERS = ("A", "B", "C")
 TASK = DATASETS / "tasks" / "telco_churn.yaml"
@@ -45,6 +46,7 @@ def _partners(root: Path) -> dict[str, Path]:
         configs[name] = root / name / "partner.toml"
         result = CliRunner().invoke(client_app, ["init", "--config", str(configs[name])])
         assert result.exit_code == 0, result.output
+        approve_task(configs[name])
     return configs
 
 

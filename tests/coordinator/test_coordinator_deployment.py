@@ -28,6 +28,7 @@ from fedcrm.coordinator.processes import stop_processes
 from fedcrm.coordinator.run_config import RunConfig
 from fedcrm.coordinator.superlink import free_port, start_superlink, stop_superlink
 from fedcrm.paths import DATASETS
+from tests.federation import approve_task
 
 PARTNERS = ("A", "B", "C")
 SECAGG_STAGES = {"setup", "share_keys", "collect_masked_vectors", "unmask"}
@@ -82,6 +83,7 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
         shutil.copytree(DATASETS / "partners" / "telco" / "skewed" / name, pdir)
         result = CliRunner().invoke(app, ["client", "init", "--config", str(pdir / "partner.toml")])
         assert result.exit_code == 0, result.output
+        approve_task(pdir / "partner.toml")
         configs.append(pdir / "partner.toml")
     assert not flower_processes(tmp_path)
 

@@ -75,10 +75,13 @@ def test_run_config_refuses_unsafe_or_incomplete_settings(tmp_path: Path) -> Non
         load_run_config(None, {"task": TASK, "allow_fewer_partners": True})
     with pytest.raises(ConfigError, match="min_partners"):
         load_run_config(None, {"task": TASK, "min_partners": 1})
-    with pytest.raises(ConfigError, match="consent_as_of needs 3"):
-        load_run_config(None, {"task": TASK, "rounds": 2, "consent_as_of": ["2026-01-01T00:00:00Z"]})
-    with pytest.raises(ConfigError, match="time zone"):
-        load_run_config(None, {"task": TASK, "rounds": 1, "consent_as_of": ["2026-01-01T00:00:00"] * 2})
+    # What each partner decides is no run setting: a config that still has it is refused, saying where it lives.
+    with pytest.raises(ConfigError, match="'consent_as_of' is not a run setting: each partner evaluates consent at its own clock"):
+        load_run_config(None, {"task": TASK, "rounds": 2, "consent_as_of": ["2026-01-01T00:00:00Z"] * 3})
+    with pytest.raises(ConfigError, match="'purpose' is not a run setting.*fedcrm client approve"):
+        load_run_config(None, {"task": TASK, "purpose": "aggregate_analytics"})
+    with pytest.raises(ConfigError, match=r"'min_count' is not a run setting.*\[privacy\] min_count"):
+        load_run_config(None, {"task": TASK, "min_count": 5})
     bad = tmp_path / "run.toml"
     bad.write_text("[run]\ntask = 'x.yaml'\nrounds = 'many'\n")
     with pytest.raises(ConfigError, match=r"run\.toml.*rounds"):

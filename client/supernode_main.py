@@ -1,0 +1,73 @@
+"""``flower-supernode`` with a short idle poll: the one place fedcrm changes Flower's behaviour.
+
+Why: in flwr 1.41 the SuperNode's main loop sleeps a fixed 3 s whenever the SuperLink has
+no message for it, and 0.5 s between checks for the ClientApp's reply
+(``flwr/supernode/start_client_internal.py``: ``time.sleep(3)``, ``time.sleep(0.5)``).
+There is no setting for either. A SecAgg+ round is five message exchanges, so the idle
+sleep alone adds ~1.5 s on average to every exchange, ~7.5 s per round, far more than the
+partner's own work.
+
+How: before Flower's own entry point runs, the ``time`` name inside that one module is
+replaced by a proxy whose ``sleep`` sleeps at most ``FEDCRM_SUPERNODE_POLL_S`` seconds
+(default 0.2); everything else is the real ``time`` module, and no other Flower module
+is touched. The cost is more frequent polls of the SuperLink while idle (5 per second per
+SuperNode instead of 0.33; measured in docs/benchmarks-rounds.md). Remove this module when
+Flower makes the interval configurable. Run as
+``python -m fedcrm.client.supernode_main <flower-supernode arguments>``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time as _time
+from typing import Any
+
+POLL_ENV = "FEDCRM_SUPERNODE_POLL_S"
+DEFAULT_POLL_S = 0.2
+
+
+class CappedSleepTime:
+    """The ``time`` module, except that ``sleep`` never waits longer than ``cap_s``."""
+
+    def __init__(self, cap_s: float) -> None:
+        if not 0 < cap_s <= 3:
+            raise ValueError(f"{POLL_ENV}={cap_s!r}: expected seconds in (0, 3]")
+        self.cap_s = cap_s
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``min(seconds, cap_s)``."""
+        _time.sleep(min(seconds, self.cap_s))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+def poll_interval() -> float:
+    """The configured cap (``FEDCRM_SUPERNODE_POLL_S``, default 0.2 s)."""
+    raw = os.environ.get(POLL_ENV, str(DEFAULT_POLL_S))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{POLL_ENV}={raw!r}: expected a number of seconds") from exc
+
+
+def patch_supernode_polling(cap_s: float) -> None:
+    """Cap the sleeps of Flower's SuperNode main loop (see the module docstring)."""
+    import flwr.supernode.start_client_internal as loop
+
+    loop.time = CappedSleepTime(cap_s)  # type: ignore[assignment]
+
+
+def main() -> int:
+    """Patch, then run Flower's own ``flower-supernode`` entry point with our arguments."""
+    patch_supernode_polling(poll_interval())
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

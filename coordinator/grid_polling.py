@@ -1,0 +1,99 @@
+"""A Grid that waits for replies with a short poll instead of Flower's fixed 3 s sleep.
+
+In flwr 1.41 the deployment engine's ``HttpGrid.send_and_receive`` sleeps a fixed 3 s
+between pulls for replies (``flwr/superlink/grid/http_grid.py``), with no setting; every
+SecAgg+ stage and every evaluation waits on it, ~1.5 s on average per exchange, ~7.5 s
+per round. :class:`ResponsiveGrid` wraps whatever Grid Flower hands the ServerApp and
+implements ``send_and_receive`` with Flower's own public ``push_messages`` /
+``pull_messages`` and a short sleep; every other call goes straight to the wrapped grid.
+The simulation engine's in-memory grid already polls every 0.1 s, so there the wrapper
+changes nothing measurable.
+
+``FEDCRM_GRID_POLL_S`` (default 0.1) sets the interval; ``3`` reproduces Flower's stock
+behaviour for comparisons (``benchmarks/rounds.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp.grid import Grid
+
+POLL_ENV = "FEDCRM_GRID_POLL_S"
+DEFAULT_POLL_S = 0.1
+
+
+def poll_interval() -> float:
+    """Seconds between pulls for replies (``FEDCRM_GRID_POLL_S``, default 0.1)."""
+    raw = os.environ.get(POLL_ENV, str(DEFAULT_POLL_S))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{POLL_ENV}={raw!r}: expected a number of seconds") from exc
+    if not 0 < value <= 10:
+        raise ValueError(f"{POLL_ENV}={raw!r}: expected seconds in (0, 10]")
+    return value
+
+
+class ResponsiveGrid(Grid):
+    """Delegates to ``inner``; ``send_and_receive`` polls every ``poll_s`` seconds."""
+
+    def __init__(self, inner: Grid, poll_s: float | None = None) -> None:
+        self._inner = inner
+        self.poll_s = poll_interval() if poll_s is None else poll_s
+
+    # -- Grid's abstract interface, delegated ---------------------------------------------
+    def set_run(self, run: Any) -> None:  # noqa: D102
+        self._inner.set_run(run)
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def]  # noqa: ANN201, D102
+        return self._inner.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # noqa: D102
+        return self._inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:  # noqa: D102
+        return self._inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._inner.pull_messages(message_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    # -- the one behaviour that differs ---------------------------------------------------
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``, then pull replies until all arrived or ``timeout`` passed (as Flower's)."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not pending:
+                break
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(self.poll_s, remaining))
+            else:
+                time.sleep(self.poll_s)
+        return replies
+
+
+def responsive(grid: Grid) -> Grid:
+    """``grid`` wrapped in :class:`ResponsiveGrid` (once)."""
+    return grid if isinstance(grid, ResponsiveGrid) else ResponsiveGrid(grid)
