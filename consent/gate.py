@@ -24,7 +24,7 @@ from fedcrm.errors import ConsentError, PurposeNotAllowed
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
 
-__all__ = ["SUBJECT", "ConsentedView", "UsageContext", "gate"]
+__all__ = ["SUBJECT", "ConsentedView", "UsageContext", "gate", "record_reuse"]
 
 #: Name of the pseudonym column every gated frame carries.
 SUBJECT = "subject"
@@ -290,4 +290,34 @@ def gate(
         fingerprint=fingerprint,
         use=use,
         requested=len(unique),
+    )
+
+
+def record_reuse(view: ConsentedView, *, ledger: Ledger, use: UsageContext) -> None:
+    """Record another use of a view the gate made earlier, for another stage of the same job.
+
+    A long-lived partner process gates its data once per round and uses the view for both
+    training and evaluation of that round; every use is still in the ledger, with the
+    view's own subject set (fingerprint), columns, purpose, consent-as-of time and tree size.
+    """
+    if use.job_id != view.use.job_id or use.model_version != view.use.model_version:
+        raise ConsentError(
+            f"gate: a view made for {view.use.job_id} / {view.use.model_version} cannot be reused for "
+            f"{use.job_id} / {use.model_version}"
+        )
+    ledger.append(
+        [
+            UsageEvent(
+                purpose=view.purpose,
+                partner=use.partner,
+                job_id=use.job_id,
+                model_version=use.model_version,
+                stage=use.stage,
+                at=view.at,
+                tree_size_read=view.tree_size,
+                columns=view.columns,
+                n_subjects=len(view.subjects),
+                subject_fingerprint=view.fingerprint,
+            )
+        ]
     )

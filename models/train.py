@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import torch
 from torch import nn
 
 from fedcrm.models.metrics import binary_metrics
+from fedcrm.models.train_config import TrainConfig, TrainResult
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one local training call."""
-
-    epochs: int = 2
-    learning_rate: float = 0.01
-    batch_size: int = 64  # 0 = full batch (deterministic: no shuffling)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2
-    param_bound: float | None = None  # project every parameter into [-bound, bound] after each step
-    seed: int = 0
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Outcome of local training."""
-
-    loss: float
-    num_examples: int
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "predict_scores", "train_local"]
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
