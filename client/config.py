@@ -9,11 +9,14 @@ Relative paths in the file are relative to the file's own directory.
 
 from __future__ import annotations
 
+import math
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedcrm.client.export_reader import check_encoding
 
 from fedcrm.config_files import load_config
 from fedcrm.protocol import DEFAULT_MIN_COUNT
@@ -59,8 +62,10 @@ class ColumnSpec(_Strict):
     true_values: list[str] = Field(default_factory=lambda: ["1", "true", "yes", "y", "t"])
     false_values: list[str] = Field(default_factory=lambda: ["0", "false", "no", "n", "f"])
     value_map: dict[str, str] = Field(default_factory=dict, description="Local category value → task vocabulary value")
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, description="numeric/integer: smallest accepted value (default: -source.max_magnitude)")
+    max: float | None = Field(None, description="numeric/integer: largest accepted value (default: +source.max_magnitude)")
+    earliest: date | None = Field(None, description="date: earliest accepted day (default: source.earliest_date)")
+    latest: date | None = Field(None, description="date: latest accepted day (default: source.latest_date)")
     required: bool = False
     gap: GapRule | None = None
     generalise: Generalise | None = None
@@ -71,6 +76,12 @@ class ColumnSpec(_Strict):
             raise ValueError(f"a {self.role} column needs a data category")
         if self.role == "label" and not self.positive:
             raise ValueError("the label column needs its positive value(s) in 'positive'")
+        for low, high, what in ((self.min, self.max, "min/max"), (self.earliest, self.latest, "earliest/latest")):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"{what}: {low} is above {high}")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"min/max must be finite numbers, got {bound}")
         return self
 
 
@@ -91,6 +102,35 @@ class SourceSpec(_Strict):
     whitespace_delimited: bool = False
     header: bool = True
     column_names: list[str] | None = Field(None, description="Names for a file without a header row")
+    multiline_values: bool = Field(
+        False, description="Quoted values may hold line breaks (free-text string, ignored and direct-identifier "
+        "columns only); off by default, so an unbalanced quote can never swallow the rows after it")
+    max_magnitude: float = Field(1e15, gt=0, description="Default bound |x| <= this for numeric columns without min/max")
+    earliest_date: date = Field(date(1900, 1, 1), description="Default earliest day for date columns")
+    latest_date: date = Field(date(2100, 12, 31), description="Default latest day for date columns")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        check_encoding(value)
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1 or value in ('"', "\n", "\r"):
+            raise ValueError(f"the delimiter must be one character other than a quote or line break, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _names_and_dates(self) -> SourceSpec:
+        if not self.header and not self.column_names:
+            raise ValueError("header = false needs the column names in column_names")
+        if self.earliest_date > self.latest_date:
+            raise ValueError(f"earliest_date {self.earliest_date} is after latest_date {self.latest_date}")
+        if not math.isfinite(self.max_magnitude):
+            raise ValueError("max_magnitude must be a finite number")
+        return self
 
     @property
     def resolved_format(self) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedcrm.client.config import ColumnSpec, PartnerConfig
+from fedcrm.client.export_reader import LINE_COLUMN, CsvExport, CsvLayout, ReadTally, Reject, shown
 from fedcrm.client.pseudonymise import load_key, pseudonymise_series
 from fedcrm.client.quality_rules import SpellingMaps, apply_spellings, learn_spellings, quality_rules
-from fedcrm.errors import DataValidationError, RejectFractionExceeded
+from fedcrm.errors import DataValidationError, ExportFormatError, RejectFractionExceeded
 from fedcrm.logging import get_logger
 
 log = get_logger(__name__)
@@ -35,16 +38,14 @@ LABEL = "label"
 CUSTOMERS_FILE = "customers.parquet"
 ID_MAP_FILE = "id_map.parquet"
 REJECTS_FILE = "rejects.csv"
+#: Mode of every file ingestion writes (tables, id map, rejects, their temporary files): owner only.
+PRIVATE_MODE = 0o600
+#: Integers above this lose precision as 64-bit floats (the table's numeric type).
+EXACT_INTEGER_LIMIT = 2**53
+#: Roles whose values may hold line breaks when ``source.multiline_values`` is set (never parsed).
+FREE_TEXT_ROLES = ("direct_identifier", "ignore")
 
-
-@dataclass(frozen=True)
-class Reject:
-    """One problem in one row of an export."""
-
-    line: int
-    column: str
-    value: str
-    reason: str
+__all__ = ["Reject"]  # re-exported: transaction ingestion and quality import it from here
 
 
 @dataclass
@@ -57,6 +58,7 @@ class IngestReport:
     rejects: list[Reject] = field(default_factory=list)
     filled_gaps: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    tally: ReadTally = field(default_factory=ReadTally)
 
     @property
     def rows_rejected(self) -> int:
@@ -67,41 +69,66 @@ class IngestReport:
 # --- reading ------------------------------------------------------------------------------
 
 
-def iter_raw_chunks(config: PartnerConfig, path: Path | None = None) -> Iterator[pd.DataFrame]:
-    """Yield the export as string-typed chunks with a ``__line__`` column (1-based file line)."""
+def csv_layout(config: PartnerConfig) -> CsvLayout:
+    """How the export reader splits this partner's CSV (from ``[source]`` and ``[columns]``)."""
+    src = config.source
+    free_text = frozenset(name for name, spec in config.columns.items()
+                          if spec.role in FREE_TEXT_ROLES or (spec.role in ("feature", "quasi_identifier")
+                                                              and spec.type == "string"))
+    return CsvLayout(
+        delimiter=src.delimiter, encoding=src.encoding, header=src.header,
+        column_names=tuple(src.column_names) if src.column_names else None,
+        whitespace_delimited=src.whitespace_delimited, multiline_values=src.multiline_values,
+        multiline_columns=free_text, chunk_rows=src.chunk_rows, config_path=config.config_path,
+    )
+
+
+def iter_raw_chunks(
+    config: PartnerConfig, path: Path | None = None, report: IngestReport | None = None
+) -> Iterator[pd.DataFrame]:
+    """Yield the export as string-typed chunks with a ``__line__`` column (physical file line; Parquet: row).
+
+    Records the reader rejects before parsing (wrong field count, a quoted value spanning lines)
+    go to ``report.rejects`` and count in ``report.rows_read``; without a report they are
+    collected and dropped. Unreadable files raise :class:`ExportFormatError` naming file and line.
+    """
     src = config.source
     path = path or config.resolve(src.path)
     if not path.exists():
         raise DataValidationError(f"{path}: export file not found")
-    first_data_line = 2 if src.header else 1
     if src.resolved_format == "parquet":
-        parquet = pq.ParquetFile(path)
-        offset = 0
-        for batch in parquet.iter_batches(batch_size=src.chunk_rows):
-            chunk = batch.to_pandas().astype("string").fillna("")
-            chunk["__line__"] = np.arange(offset, offset + len(chunk)) + 1  # row number in the file
-            offset += len(chunk)
-            yield chunk
+        yield from _parquet_chunks(path, src.chunk_rows)
         return
-    reader = pd.read_csv(
-        path,
-        sep=r"\s+" if src.whitespace_delimited else src.delimiter,
-        dtype=str,
-        keep_default_na=False,
-        na_filter=False,
-        encoding=src.encoding,
-        chunksize=src.chunk_rows,
-        header=0 if src.header else None,
-        names=src.column_names,
-        skipinitialspace=True,
-    )
+    sink = report if report is not None else IngestReport(source=path)
+    export = CsvExport(path, csv_layout(config), sink.rejects, sink.tally)
+    counted = sink.tally.rows
+    for chunk in export.chunks():
+        sink.rows_read += sink.tally.rows - counted  # rows the reader rejected since the last chunk
+        counted = sink.tally.rows
+        yield chunk
+    sink.rows_read += sink.tally.rows - counted
+
+
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     try:
-        for chunk in reader:
-            # With one record per line, the data row at index i sits on file line i + first_data_line.
-            chunk["__line__"] = chunk.index.to_numpy() + first_data_line
-            yield chunk
-    except pd.errors.ParserError as exc:
-        raise DataValidationError(f"{path}: malformed CSV: {exc}") from exc
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ExportFormatError(f"{path}: not a readable Parquet file: {exc}") from None
+    names = parquet.schema_arrow.names
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name.strip() in seen:
+            raise ExportFormatError(f"{path}: column '{name.strip()}' appears twice (columns {seen[name.strip()]} "
+                                    f"and {position}); every column needs its own name — rename one")
+        seen[name.strip()] = position
+    if parquet.metadata.num_rows == 0:
+        raise ExportFormatError(f"{path}: no data rows")
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        chunk = batch.to_pandas().astype("string").fillna("")
+        chunk[LINE_COLUMN] = np.arange(offset, offset + len(chunk)) + 1  # row number in the file
+        offset += len(chunk)
+        yield chunk
 
 
 # --- parsing one column ---------------------------------------------------------------------
@@ -121,14 +148,22 @@ def _parse_number(values: pd.Series, spec: ColumnSpec, config: PartnerConfig) ->
 
 
 def _parse_date(values: pd.Series, config: PartnerConfig) -> pd.Series:
+    """Dates in the first matching format, at microsecond resolution (years 1–9999 parse; bounds come after)."""
     text = values.str.strip()
-    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     for fmt in config.source.date_formats:
         todo = parsed.isna()
         if not todo.any():
             break
-        parsed[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        found = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        parsed[todo] = found.astype("datetime64[us]") if found.dtype.kind == "M" else found
     return parsed
+
+
+
+
+def _date_bounds(spec: ColumnSpec, config: PartnerConfig) -> tuple[date, date]:
+    return spec.earliest or config.source.earliest_date, spec.latest or config.source.latest_date
 
 
 def parse_column(
@@ -139,8 +174,11 @@ def parse_column(
     missing = _missing_mask(values, markers)
 
     def reject(mask: pd.Series, reason: Callable[[str], str]) -> None:
+        if not mask.any():
+            return
         for line, value in zip(lines[mask], values[mask], strict=True):
-            rejects.append(Reject(int(line), name, str(value), reason(str(value))))
+            text = shown(str(value))
+            rejects.append(Reject(int(line), name, text, reason(text)))
 
     if (spec.required or spec.role in ("customer_id", "label")) and missing.any():
         reject(missing, lambda v: "missing value")
@@ -154,22 +192,42 @@ def parse_column(
         out = positive.astype("float64")
         out[missing] = np.nan
         return out
-    if spec.role == "customer_id" or spec.type == "string":
+    if spec.role == "customer_id":
+        out = values.str.strip().astype("string")
+        # A delimiter, quote or line break inside an id is the mark of a shifted quote, never a real id.
+        odd = out.str.contains(_id_breakers(config), regex=True).fillna(False).astype(bool) & ~missing
+        reject(odd, lambda v: f"customer id holds a delimiter, quote or line break: '{v}' (an unbalanced quote?)")
+        out[missing] = pd.NA
+        return out
+    if spec.type == "string":
         out = values.str.strip().astype("string")
         out[missing] = pd.NA
         return out
     if spec.type in ("numeric", "integer"):
-        out = _parse_number(values, spec, config)
+        out = _parse_number(values, spec, config).astype("float64")
         bad = out.isna() & ~missing
         reject(bad, lambda v: f"not a number: '{v}'")
+        infinite = pd.Series(np.isinf(out.to_numpy()), index=out.index)
+        reject(infinite, lambda v: f"not a finite number (infinite, or beyond the 64-bit float range): '{v}'")
+        finite = out.notna() & ~infinite
         if spec.type == "integer":
-            frac = out.notna() & (out != out.round())
+            frac = finite & (out != out.round())
             reject(frac, lambda v: f"not an integer: '{v}'")
+            reject(finite & ~frac & (out.abs() > EXACT_INTEGER_LIMIT),
+                   lambda v: f"integer beyond ±2^53 (not exact as a 64-bit float): '{v}'")
+        limit = config.source.max_magnitude
+        default = (f"the default bound ±{limit:g} (source.max_magnitude; declare min/max in [columns.{name}] "
+                   "for other values)")
         if spec.min is not None:
-            reject(out < spec.min, lambda v: f"below minimum {spec.min}: '{v}'")
+            reject(finite & (out < spec.min), lambda v: f"below minimum {spec.min}: '{v}'")
+        else:
+            reject(finite & (out < -limit), lambda v: f"below {default}: '{v}'")
         if spec.max is not None:
-            reject(out > spec.max, lambda v: f"above maximum {spec.max}: '{v}'")
-        return out.astype("float64")
+            reject(finite & (out > spec.max), lambda v: f"above maximum {spec.max}: '{v}'")
+        else:
+            reject(finite & (out > limit), lambda v: f"above {default}: '{v}'")
+        out[infinite] = np.nan
+        return out
     if spec.type == "boolean":
         text = values.str.strip().str.lower()
         truthy = text.isin([v.lower() for v in spec.true_values])
@@ -181,12 +239,29 @@ def parse_column(
     if spec.type == "date":
         out = _parse_date(values, config)
         reject(out.isna() & ~missing, lambda v: f"date not in formats {config.source.date_formats}: '{v}'")
-        return out
+        earliest, latest = _date_bounds(spec, config)
+        early = out < pd.Timestamp(earliest)
+        late = out > pd.Timestamp(latest)
+        reject(early, lambda v: f"date before the earliest accepted day {earliest}: '{v}'")
+        reject(late, lambda v: f"date after the latest accepted day {latest}: '{v}'")
+        out[early | late] = pd.NaT
+        return out.astype("datetime64[ns]")
     # categorical
-    text = values.str.strip()
-    out = text.map(lambda v: spec.value_map.get(v, v)).astype("string")
+    out = values.str.strip().astype("string")
+    broken = out.str.contains(r"[\r\n]", regex=True).fillna(False).astype(bool)
+    reject(broken & ~missing, lambda v: f"categorical value holds a line break: '{v}' (an unbalanced quote?)")
+    if spec.value_map:
+        out = out.replace(spec.value_map)
     out[missing] = pd.NA
     return out
+
+
+def _id_breakers(config: PartnerConfig) -> str:
+    """Regex of characters a customer id may not hold (the delimiter, quotes, line breaks)."""
+    chars = {"\r", "\n", '"'}
+    if not config.source.whitespace_delimited:
+        chars.add(config.source.delimiter)
+    return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
 
 
 def _fill_gaps(chunk: pd.DataFrame, config: PartnerConfig, report: IngestReport) -> pd.DataFrame:
@@ -231,7 +306,7 @@ def parse_chunk(
             f"{config.config_path} are not in the export (found {list(chunk.columns[:-1])})"
         )
     chunk = _fill_gaps(chunk, config, report)
-    lines = chunk["__line__"]
+    lines = chunk[LINE_COLUMN]
     rejects: list[Reject] = []
     parsed: dict[str, pd.Series] = {}
     for name, spec in config.columns.items():
@@ -290,42 +365,53 @@ def ingest(
     writers: dict[str, pq.ParquetWriter] = {}
     seen_ids: dict[str, int] = {}
     rules = quality_rules(config)
-    # Spelling repair needs each column's canonical spelling first: one extra chunked pass.
-    spellings = learn_spellings(config, rules) if rules.spelling.action != "report" else SpellingMaps()
     try:
-        for chunk in iter_raw_chunks(config, source):
-            report.rows_read += len(chunk)
-            chunk = apply_spelling_rule(chunk, spellings, rules.spelling.action, report)
-            customers, id_map = parse_chunk(chunk, config, key, report, seen_ids)
-            report.rows_kept += len(customers)
-            _append(writers, "customers", tmp_customers, customers)
-            _append(writers, "ids", tmp_ids, id_map)
-            if on_chunk:
-                on_chunk(len(chunk))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    write_rejects(report.rejects, out_dir / REJECTS_FILE)
-    report.outputs["rejects"] = out_dir / REJECTS_FILE
-    fraction = report.rows_rejected / max(report.rows_read, 1)
-    if fraction > config.source.max_reject_fraction:
+        # Spelling repair needs each column's canonical spelling first: one extra chunked pass.
+        spellings = learn_spellings(config, rules) if rules.spelling.action != "report" else SpellingMaps()
+        try:
+            for chunk in iter_raw_chunks(config, source, report):
+                report.rows_read += len(chunk)
+                chunk = apply_spelling_rule(chunk, spellings, rules.spelling.action, report)
+                customers, id_map = parse_chunk(chunk, config, key, report, seen_ids)
+                report.rows_kept += len(customers)
+                _append(writers, "customers", tmp_customers, customers)
+                _append(writers, "ids", tmp_ids, id_map)
+                if on_chunk:
+                    on_chunk(len(chunk))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        write_rejects(report.rejects, out_dir / REJECTS_FILE)
+        report.outputs["rejects"] = out_dir / REJECTS_FILE
+        check_reject_fraction(report, config, out_dir / REJECTS_FILE)
+        if report.rows_kept == 0:
+            raise DataValidationError(f"{source}: no valid rows; nothing was written. See {out_dir / REJECTS_FILE}.")
+        os.replace(tmp_customers, out_dir / CUSTOMERS_FILE)
+        os.replace(tmp_ids, out_dir / ID_MAP_FILE)
+    except BaseException:
+        # Every failure path, interrupts included: no temporary file (the id map's holds raw ids) survives.
         for tmp in (tmp_customers, tmp_ids):
             tmp.unlink(missing_ok=True)
-        first = min(report.rejects, key=lambda r: r.line)
-        raise RejectFractionExceeded(
-            f"{source}: line {first.line}, column '{first.column}': {first.reason}. "
-            f"{report.rows_rejected} of {report.rows_read} rows rejected ({fraction:.1%}), above the "
-            f"limit of {config.source.max_reject_fraction:.1%} set in {config.config_path}; nothing was written. "
-            f"See {out_dir / REJECTS_FILE} (line, column, reason)."
-        )
-    if report.rows_kept == 0:
-        raise DataValidationError(f"{source}: no valid rows")
-    os.replace(tmp_customers, out_dir / CUSTOMERS_FILE)
-    os.replace(tmp_ids, out_dir / ID_MAP_FILE)
+        raise
     report.outputs.update(customers=out_dir / CUSTOMERS_FILE, id_map=out_dir / ID_MAP_FILE)
     log.info("ingested", extra={"rows_read": report.rows_read, "rows_kept": report.rows_kept,
                                 "rows_rejected": report.rows_rejected})
     return report
+
+
+def check_reject_fraction(report: IngestReport, config: PartnerConfig, rejects_path: Path | str) -> None:
+    """Raise :class:`RejectFractionExceeded` (first bad line, counts, limit) above the config's limit."""
+    fraction = report.rows_rejected / max(report.rows_read, 1)
+    if fraction <= config.source.max_reject_fraction:
+        return
+    first = min(report.rejects, key=lambda r: r.line)
+    where = f"line {first.line}, column '{first.column}'" if first.column else f"line {first.line}"
+    raise RejectFractionExceeded(
+        f"{report.source}: {where}: {first.reason}. "
+        f"{report.rows_rejected} of {report.rows_read} rows rejected ({fraction:.1%}), above the "
+        f"limit of {config.source.max_reject_fraction:.1%} set in {config.config_path}; nothing was written. "
+        f"See {rejects_path} (line, column, reason)."
+    )
 
 
 def apply_spelling_rule(chunk: pd.DataFrame, spellings: SpellingMaps, action: str,
@@ -338,9 +424,26 @@ def apply_spelling_rule(chunk: pd.DataFrame, spellings: SpellingMaps, action: st
     return chunk[~chunk["__line__"].isin({r[0] for r in rejected})]
 
 
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 whatever the umask (replacing a leftover), before any content."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # the umask may have narrowed it; never wider than 0600 either way
+    finally:
+        os.close(fd)
+
+
+def write_private_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write one table to ``path`` (mode 0600 from the first byte)."""
+    create_private(path)
+    frame.to_parquet(path, index=False)
+
+
 def _append(writers: dict[str, pq.ParquetWriter], name: str, path: Path, frame: pd.DataFrame) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if name not in writers:
+        create_private(path)  # pyarrow truncates the existing file and keeps its mode
         writers[name] = pq.ParquetWriter(path, table.schema)
     else:
         table = table.cast(writers[name].schema)
@@ -348,7 +451,8 @@ def _append(writers: dict[str, pq.ParquetWriter], name: str, path: Path, frame: 
 
 
 def write_rejects(rejects: list[Reject], path: Path) -> None:
-    """Write the rejects file: one row per (line, column, problem)."""
+    """Write the rejects file (mode 0600: it quotes customer values): one row per (line, column, problem)."""
+    create_private(path)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["line", "column", "value", "reason"])

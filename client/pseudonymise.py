@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedcrm.errors import MissingPartnerKey, PartnerKeyExists
+from fedcrm.errors import MissingPartnerKey, PartnerKeyExists, PartnerKeyInvalid
 
 KEY_BYTES = 32
 
@@ -64,18 +64,40 @@ def create_key(path: Path) -> str:
 
 
 def load_key(path: Path) -> bytes:
-    """Read the partner key; a missing key is refused with the command that creates it."""
+    """Read the partner key; refuse a missing key, one others may read, or one that is not 32 hex bytes.
+
+    Every refusal names the file and what to do (:class:`MissingPartnerKey`, :class:`PartnerKeyInvalid`).
+    """
     try:
-        text = path.read_text(encoding="ascii").strip()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError as exc:
         raise MissingPartnerKey(
             f"{path}: partner key not found. Run `fedcrm client init --config <partner.toml>` first; "
             "no command reads customer data without the partner's own key."
         ) from exc
-    key = bytes.fromhex(text)
-    if len(key) != KEY_BYTES:
-        raise MissingPartnerKey(f"{path}: not a {KEY_BYTES}-byte partner key")
-    return key
+    except OSError as exc:
+        raise PartnerKeyInvalid(f"{path}: cannot open the partner key ({exc.strerror}); it must be a regular "
+                                "file readable by this user only") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PartnerKeyInvalid(f"{path}: the partner key is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise PartnerKeyInvalid(
+                f"{path}: the partner key has mode {mode:04o}: others on this machine could read it and "
+                f"re-identify every customer. Restrict it with `chmod 600 {path}` (and check who may have copied "
+                "it), then run the command again."
+            )
+        raw = handle.read(4 * KEY_BYTES + 64)  # a real key is 64 hex characters (+ a newline)
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(text) != 2 * KEY_BYTES or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise PartnerKeyInvalid(
+            f"{path}: not a partner key: expected {2 * KEY_BYTES} hex characters ({KEY_BYTES} bytes), found "
+            f"{len(raw)} bytes{' that are not all hex' if len(text) == 2 * KEY_BYTES else ''}. Restore the key "
+            "file from the partner's backup; a new key (`fedcrm client init`) cannot re-create earlier pseudonyms."
+        )
+    return bytes.fromhex(text)
 
 
 def rotation_mapping(raw_ids: Iterable[str], old_key: bytes, new_key: bytes) -> dict[str, str]:

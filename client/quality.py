@@ -140,7 +140,7 @@ def assess(config: PartnerConfig, *, rules: QualityRules | None = None) -> Quali
     ingest_view = IngestReport(source=source)
     seen_ids: dict[str, int] = {}
     all_hashes: list[np.ndarray] = []
-    for chunk in iter_raw_chunks(config, source):
+    for chunk in iter_raw_chunks(config, source, ingest_view):  # rows the reader rejects count as rejected
         report.rows_read += len(chunk)
         id_col = config.customer_id_column
         if id_col not in chunk:
@@ -157,6 +157,7 @@ def assess(config: PartnerConfig, *, rules: QualityRules | None = None) -> Quali
         customers, _ = parse_chunk(view, config, key, ingest_view, seen_ids)
         report.rows_kept += len(customers)
     _finish_dates(config, state, out)
+    report.rows_read += ingest_view.tally.rows  # records the reader rejected before parsing
     report.rows_rejected = ingest_view.rows_rejected
     report.customers_read = int(np.unique(np.concatenate(all_hashes)).size) if all_hashes else 0
     report.missing_per_column = {c: 0 for c in config.columns} | {

@@ -42,14 +42,16 @@ from fedcrm.client.ingest import (
     SUBJECT,
     IngestReport,
     Reject,
+    check_reject_fraction,
     iter_raw_chunks,
     load_table,
     parse_column,
+    write_private_parquet,
     write_rejects,
 )
 from fedcrm.client.pseudonymise import load_key, pseudonymise_series
 from fedcrm.client.transactions import holdout_summary, summarise_transactions
-from fedcrm.errors import DataValidationError, RejectFractionExceeded
+from fedcrm.errors import DataValidationError
 from fedcrm.logging import get_logger
 
 log = get_logger(__name__)
@@ -145,7 +147,7 @@ def read_purchases(
     specs = _raw_specs(config)
     source = config.resolve(config.source.path)
     parts: list[pd.DataFrame] = []
-    for chunk in iter_raw_chunks(config, source):
+    for chunk in iter_raw_chunks(config, source, report):
         report.rows_read += len(chunk)
         missing = [c for c in specs if c not in chunk.columns]
         if missing:
@@ -222,13 +224,7 @@ def build_customer_table(
     report = report if report is not None else IngestReport(source=config.resolve(config.source.path))
     purchases = read_purchases(config, report, on_chunk)
     report.rows_kept = len(purchases)
-    fraction = report.rows_rejected / max(report.rows_read, 1)
-    if fraction > config.source.max_reject_fraction:
-        raise RejectFractionExceeded(
-            f"{report.source}: {report.rows_rejected} of {report.rows_read} rows rejected ({fraction:.1%}), above the "
-            f"limit of {config.source.max_reject_fraction:.1%} set in {config.config_path}; nothing was written. "
-            f"See the rejects file (line, column, reason)."
-        )
+    check_reject_fraction(report, config, f"the rejects file ({REJECTS_FILE})")
     if purchases.empty:
         raise DataValidationError(f"{report.source}: no valid purchase rows")
     derived = derive_customers(purchases, config)
@@ -275,19 +271,18 @@ def ingest_transactions(
         "id_map": (ID_MAP_FILE, table.id_map),
         "transactions": (TRANSACTIONS_FILE, table.transactions),
     }
-    tmps = []
+    tmps = [(out_dir / f".{filename}.tmp", out_dir / filename, name, frame)
+            for name, (filename, frame) in outputs.items()]
     try:
-        for name, (filename, frame) in outputs.items():
-            tmp = out_dir / f".{filename}.tmp"
-            frame.to_parquet(tmp, index=False)
-            tmps.append((tmp, out_dir / filename, name))
-    except Exception:
-        for tmp, _, _ in tmps:
+        for tmp, _, _, frame in tmps:
+            write_private_parquet(frame, tmp)  # 0600 from the first byte: the id map holds raw ids
+        for tmp, final, name, _ in tmps:
+            os.replace(tmp, final)
+            report.outputs[name] = final
+    except BaseException:
+        for tmp, _, _, _ in tmps:
             tmp.unlink(missing_ok=True)
         raise
-    for tmp, final, name in tmps:
-        os.replace(tmp, final)
-        report.outputs[name] = final
     log.info("ingested transactions", extra={"rows_read": report.rows_read, "rows_kept": report.rows_kept,
                                              "rows_rejected": report.rows_rejected,
                                              "customers": len(table.customers)})

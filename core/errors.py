@@ -52,6 +52,14 @@ class RejectFractionExceeded(DataValidationError):
     """Too many rows were rejected during ingestion; nothing was written."""
 
 
+class ExportFormatError(DataValidationError):
+    """An export cannot be read as declared: encoding, empty file, header, quoting (names file and line)."""
+
+
+class PartnerKeyInvalid(MissingPartnerKey):
+    """The partner key file is readable by others, or is not a 32-byte hex key (names the file and the fix)."""
+
+
 class MinimumCountNotMet(ClientError):
     """A partner's data for a round covers fewer distinct customers than the minimum."""
 
@@ -171,3 +179,7 @@ class NodeKeyError(FedcrmError):
 
 class PartnerRegistryError(CoordinatorError):
     """A partner's node key cannot be registered or listed (names the partner and key file)."""
+
+
+class PreflightFailed(CoordinatorError):
+    """One or more partners' preflight found problems; the message lists every partner's."""

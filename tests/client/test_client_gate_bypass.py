@@ -45,6 +45,7 @@ from fedcrm.paths import REPO_ROOT
 
 INGESTION_MODULES = frozenset({
     "client/ingest.py",
+    "client/export_reader.py",  # the CSV reader ingestion and quality read exports through
     "client/transaction_ingest.py",
     "client/merge.py",
     "client/quality.py",

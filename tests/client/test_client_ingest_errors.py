@@ -42,6 +42,7 @@ category = "user.behavior.service_subscription"
 
 def partner(tmp_path: Path, lines: list[str], *, fraction: float = 0.5, chunk_rows: int = 3,
             key: bool = True) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "export.csv").write_text("\n".join(["id,spend,plan,left", *lines]) + "\n")
     path = tmp_path / "partner.toml"
     path.write_text(CONFIG.format(fraction=fraction, chunk_rows=chunk_rows))
@@ -82,11 +83,16 @@ def test_reject_fraction_stop_writes_no_table_and_no_id_map(tmp_path: Path) -> N
     assert len(pd.read_csv(config.work_path / REJECTS_FILE)) == 2
 
 
-def test_structurally_malformed_csv_names_file_and_line(tmp_path: Path) -> None:
+def test_a_row_with_an_extra_field_is_rejected_with_its_line(tmp_path: Path) -> None:
     config = load_partner_config(partner(tmp_path, GOOD[:2] + ["K5,1,basic,no,extra"] + GOOD[3:5]))
-    with pytest.raises(DataValidationError, match=r"export\.csv: malformed CSV: .*line 4, saw 5"):
-        ingest(config)
-    assert not (config.work_path / CUSTOMERS_FILE).exists()
+    report = ingest(config)
+    rejects = pd.read_csv(config.work_path / REJECTS_FILE, dtype=str, keep_default_na=False)
+    assert rejects.values.tolist() == [["4", "", "K5,1,basic,no,extra", "5 fields where the header (line 1) has 4; "
+                                        "extra value 'extra' (an unquoted delimiter?)"]]
+    assert report.rows_read == 5 and report.rows_kept == 4
+    strict = load_partner_config(partner(tmp_path / "strict", GOOD[:2] + ["K5,1,basic,no,extra"], fraction=0.0))
+    with pytest.raises(RejectFractionExceeded, match=r"export\.csv: line 4: 5 fields where the header"):
+        ingest(strict)
 
 
 def test_schema_error_names_file_line_and_column(tmp_path: Path) -> None:
