@@ -18,13 +18,21 @@ def join(
     port: int = typer.Option(None, "--port", help="Port of this SuperNode's local runtime API (default 9094)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP (loopback tests only)."),
     root_certificates: Path = typer.Option(None, "--root-certificates", help="CA certificate of the SuperLink (TLS)."),
+    isolation: str = typer.Option(
+        "process", "--isolation",
+        help="'process': one long-lived ClientApp worker (default); 'subprocess': Flower's stock "
+             "new process per message (slower, for comparison)."),
 ) -> None:
     """Run this partner's SuperNode in the foreground until the SuperLink ends it or you press Ctrl-C."""
     from fedcrm.client.config import load_partner_config
     from fedcrm.client.join import JoinSettings
     from fedcrm.client.join import join as run_join
 
-    settings = JoinSettings(superlink=superlink, port=port, insecure=insecure, root_certificates=root_certificates)
+    if isolation not in ("process", "subprocess"):
+        console.print(f"[bold red]error:[/] --isolation {isolation!r}: expected 'process' or 'subprocess'")
+        raise typer.Exit(1)
+    settings = JoinSettings(superlink=superlink, port=port, insecure=insecure, root_certificates=root_certificates,
+                            isolation=isolation)  # type: ignore[arg-type]
     try:
         name = load_partner_config(config).name
         with console.status(f"partner {name}: connecting to SuperLink {superlink} …") as status:
