@@ -213,8 +213,7 @@ def parse_column(
         if spec.type == "integer":
             frac = finite & (out != out.round())
             reject(frac, lambda v: f"not an integer: '{v}'")
-            reject(finite & ~frac & (out.abs() > EXACT_INTEGER_LIMIT),
-                   lambda v: f"integer beyond ±2^53 (not exact as a 64-bit float): '{v}'")
+            finite &= ~frac
         limit = config.source.max_magnitude
         default = (f"the default bound ±{limit:g} (source.max_magnitude; declare min/max in [columns.{name}] "
                    "for other values)")
@@ -226,6 +225,11 @@ def parse_column(
             reject(finite & (out > spec.max), lambda v: f"above maximum {spec.max}: '{v}'")
         else:
             reject(finite & (out > limit), lambda v: f"above {default}: '{v}'")
+        if spec.type == "integer":
+            low = spec.min if spec.min is not None else -limit
+            high = spec.max if spec.max is not None else limit
+            reject(finite & (out >= low) & (out <= high) & (out.abs() > EXACT_INTEGER_LIMIT),
+                   lambda v: f"integer beyond ±2^53 (not exact as a 64-bit float): '{v}'")
         out[infinite] = np.nan
         return out
     if spec.type == "boolean":

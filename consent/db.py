@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+import os
 from pathlib import Path
 
 from alembic import command
@@ -145,6 +146,7 @@ def make_engine(url: str | Path) -> Engine:
     """
     engine = create_engine(normalise_url(url))
     if engine.dialect.name == "sqlite":
+        _private_sqlite_file(engine.url.database)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -161,6 +163,31 @@ def make_engine(url: str | Path) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _private_sqlite_file(database: str | None) -> None:
+    """Create a SQLite ledger file with mode 0600 before SQLite does, whatever the umask.
+
+    SQLite would create it with the umask (0644 by default) and gives its -wal/-shm files the
+    same mode; a ledger holds pseudonyms and consent payloads, so only its owner may read it.
+    An existing file readable by others is narrowed to 0600.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except PermissionError:
+                pass  # not this user's file: SQLite opens it (or not) as before
+        return
+    except OSError:
+        return  # a missing directory or a read-only place: SQLite reports it when it connects
+    os.fchmod(fd, 0o600)
+    os.close(fd)
 
 
 _STREAM = 20_000
