@@ -115,17 +115,19 @@ def status(config: Path = ConfigOpt) -> None:
 def quality(
     config: Path = ConfigOpt,
     out: Path = typer.Option(None, help="Output directory (default: the partner's work dir)."),
+    task: Path = typer.Option(None, "--task", "-t", help="Task schema: also find values outside its vocabularies."),
 ) -> None:
     """Data-quality report of the export: quality.json (local part + exportable part) and quality.html."""
     from fedcrm.client.config import load_partner_config
     from fedcrm.client.pseudonymise import load_key
     from fedcrm.client.quality import assess
     from fedcrm.client.quality_report import write_quality
+    from fedcrm.protocol import load_task_schema
 
     try:
         cfg = load_partner_config(config)
         load_key(cfg.key_path)  # refuse before reading customer data
-        report = assess(cfg)
+        report = assess(cfg, task=load_task_schema(task) if task else None)
         json_path, html_path = write_quality(report, out or cfg.work_path)
     except FedcrmError as exc:
         raise fail(exc) from exc

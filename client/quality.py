@@ -30,7 +30,15 @@ from fedcrm.client.config import ColumnSpec, PartnerConfig
 from fedcrm.client.ingest import IngestReport, apply_spelling_rule, iter_raw_chunks, parse_chunk
 from fedcrm.client.normalise import normalise_ids, spelling_keys
 from fedcrm.client.pseudonymise import load_key
-from fedcrm.client.quality_rules import QualityRules, SpellingMaps, learn_spellings, quality_rules, spelling_columns
+from fedcrm.client.quality_rules import (
+    QualityRules,
+    SpellingMaps,
+    learn_spellings,
+    quality_rules,
+    spelling_columns,
+    task_vocabulary,
+)
+from fedcrm.protocol import TaskSchema
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
@@ -45,13 +53,14 @@ SPELLING = "inconsistent_spelling"
 NOT_A_BOOLEAN = "not_a_boolean"
 UNKNOWN_LABEL = "unknown_label"
 OUT_OF_RANGE = "out_of_range"
+OUT_OF_VOCABULARY = "outside_task_vocabulary"
 ROW = "(row)"  # the column name used for whole-row findings
 
 FAMILY = {
     EXACT_DUPLICATE: "duplicates", NEAR_DUPLICATE: "duplicates", ID_CONFLICT: "duplicates",
     MISSING: "missing", THOUSANDS: "format", NOT_A_NUMBER: "type", NOT_AN_INTEGER: "type",
     DATE_FORMAT: "format", BAD_DATE: "type", SPELLING: "format", NOT_A_BOOLEAN: "type",
-    UNKNOWN_LABEL: "type", OUT_OF_RANGE: "range",
+    UNKNOWN_LABEL: "type", OUT_OF_RANGE: "range", OUT_OF_VOCABULARY: "vocabulary",
 }
 
 
@@ -127,13 +136,18 @@ class _Collector:
                                        "detail": text or ""})
 
 
-def assess(config: PartnerConfig, *, rules: QualityRules | None = None) -> QualityReport:
-    """Run every check over the partner's export (refuses without the partner key)."""
+def assess(config: PartnerConfig, *, rules: QualityRules | None = None, task: TaskSchema | None = None) -> QualityReport:
+    """Run every check over the partner's export (refuses without the partner key).
+
+    With ``task``, categorical values that the column's value map does not send into the task
+    feature's vocabulary are a finding (``outside_task_vocabulary``: they would train as unknown),
+    and the task vocabulary protects valid values from spelling repair.
+    """
     key = load_key(config.key_path)  # refuse before touching customer data
     rules = rules or quality_rules(config)
     source = config.resolve(config.source.path)
     report = QualityReport(config.name, source, rules, config.privacy.min_count)
-    spellings = learn_spellings(config, rules)
+    spellings = learn_spellings(config, rules, task=task)
     report.skipped_columns = spellings.skipped
     out = _Collector(report, rules.examples, config.customer_id_column)
     state = _State()
@@ -152,6 +166,7 @@ def assess(config: PartnerConfig, *, rules: QualityRules | None = None) -> Quali
         for name, spec in config.columns.items():
             if name in chunk:
                 _check_column(name, spec, chunk, config, rules, spellings, hashes, state, out)
+                _check_task_vocabulary(name, spec, chunk, config, rules, spellings, hashes, task, out)
         # What ingestion keeps: its own code on a copy of the chunk, nothing written.
         view = apply_spelling_rule(chunk.copy(), spellings, rules.spelling.action, ingest_view)
         customers, _ = parse_chunk(view, config, key, ingest_view, seen_ids)
@@ -316,6 +331,27 @@ def _check_column(name: str, spec: ColumnSpec, chunk: pd.DataFrame, config: Part
         out.add(NOT_A_BOOLEAN, name, present & ~text.str.lower().isin(known), chunk, hashes, reject)
     elif spec.type == "date" and spec.role != "customer_id":
         _track_dates(name, text, present, chunk, config, rules, hashes, state)
+
+
+def _check_task_vocabulary(name: str, spec: ColumnSpec, chunk: pd.DataFrame, config: PartnerConfig,
+                           rules: QualityRules, spellings: SpellingMaps, hashes: np.ndarray,
+                           task: TaskSchema | None, out: _Collector) -> None:
+    """Values (after spelling repair and the value map) outside the task feature's vocabulary."""
+    vocabulary = set(task_vocabulary(name, spec, task))
+    if not vocabulary:
+        return
+    text = chunk[name].astype("string").fillna("")
+    if rules.spelling.action == "fix":
+        variants = spellings.variants(name)
+        text = text.map(lambda v: variants.get(v, v))
+    text = text.str.strip()
+    present = ~text.isin({m.strip() for m in config.source.missing_values})
+    mapped = text.map(lambda v: spec.value_map.get(v, v))
+    outside = present & ~mapped.isin(vocabulary)
+    feature = spec.feature or name
+    out.add(OUT_OF_VOCABULARY, name, outside, chunk, hashes,
+            f"encoded as unknown for task feature '{feature}': add the value to value_map",
+            f"not in the task vocabulary {sorted(vocabulary)}")
 
 
 def _missing_action(spec: ColumnSpec, parsed: bool) -> str:

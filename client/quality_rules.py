@@ -26,6 +26,7 @@ from fedcrm.client.config import ColumnSpec, PartnerConfig
 from fedcrm.client.normalise import IdNormalisation, spelling_key
 from fedcrm.errors import ConfigError
 from fedcrm.config_files import validation_summary
+from fedcrm.protocol import TaskSchema
 
 # Recognised when looking for mixed date formats (ingestion parses only source.date_formats).
 COMMON_DATE_FORMATS = [
@@ -60,6 +61,11 @@ class SpellingRules(_Strict):
     columns: list[str] | None = Field(None, description="Default: categorical, boolean and label columns")
     abbreviations: bool = Field(True, description="'Y' joins 'Yes' when it is a prefix of exactly one spelling")
     fuzzy_threshold: float | None = Field(None, ge=0.0, le=100.0, description="Also join spellings this similar")
+    fuzzy_max_share: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="A fuzzy variant holds at most this share of its target's rows: two common values "
+        "('Female', 'Male') are both real, however similar",
+    )
     vocabulary: dict[str, list[str]] = Field(default_factory=dict, description="Column → canonical spellings")
     max_distinct: int = Field(200, gt=0, description="Columns with more distinct values are free text: skipped")
 
@@ -97,14 +103,24 @@ def spelling_columns(config: PartnerConfig, rules: QualityRules) -> list[str]:
             if s.role != "customer_id" and (s.role == "label" or s.type in ("categorical", "boolean"))]
 
 
-def _declared_spellings(name: str, spec: ColumnSpec, rules: QualityRules) -> list[str]:
+def _declared_spellings(name: str, spec: ColumnSpec, rules: QualityRules, task: TaskSchema | None = None) -> list[str]:
+    """The column's valid values as the partner (or the task) declares them: never rewritten."""
     if name in rules.spelling.vocabulary:
         return list(rules.spelling.vocabulary[name])
     if spec.value_map:
         return list(spec.value_map)
     if spec.role == "label":
         return spec.positive + spec.negative
-    return []
+    vocabulary = task_vocabulary(name, spec, task)
+    return list(vocabulary) if vocabulary else []
+
+
+def task_vocabulary(name: str, spec: ColumnSpec, task: TaskSchema | None) -> tuple[str, ...]:
+    """Vocabulary of the categorical task feature this column feeds (empty if none)."""
+    if task is None or spec.role not in ("feature", "quasi_identifier") or spec.type != "categorical":
+        return ()
+    feature = next((f for f in task.features if f.name == (spec.feature or name)), None)
+    return feature.vocabulary if feature is not None and feature.type == "categorical" else ()
 
 
 @dataclass
@@ -128,7 +144,7 @@ def canonical_map(counts: Counter[str], declared: list[str], rules: SpellingRule
         if key:
             groups.setdefault(key, Counter())[raw] += n
     declared_keys = {spelling_key(d): d for d in declared}
-    if not boolean:
+    if not boolean:  # (a boolean's spellings are grouped by true_values / false_values alone)
         _join_variants(groups, set(declared_keys), rules)
     out: dict[str, str] = {}
     for key, spellings in groups.items():
@@ -150,10 +166,15 @@ def _bool_key(raw: str, boolean: tuple[list[str], list[str]]) -> str:
 
 
 def _join_variants(groups: dict[str, Counter[str]], anchors: set[str], rules: SpellingRules) -> None:
-    """Merge abbreviation / fuzzy variants into the group they unambiguously belong to."""
+    """Merge abbreviation / fuzzy variants into the group they unambiguously belong to.
+
+    A declared valid value (an anchor) is never merged into another: fuzzy similarity cannot
+    tell 'Female' from a typo of 'Male', but the vocabulary can. A fuzzy variant must also be
+    rare next to its target (``fuzzy_max_share``): typos are a small share, real values are not.
+    """
     total = {k: sum(c.values()) for k, c in groups.items()}
     for key in sorted(groups, key=lambda k: total[k]):
-        if key not in groups:
+        if key not in groups or key in anchors:
             continue
         targets = [k for k in groups if k != key and (k in anchors or total[k] > total[key])]
         match = None
@@ -161,17 +182,23 @@ def _join_variants(groups: dict[str, Counter[str]], anchors: set[str], rules: Sp
             prefixed = [k for k in targets if k.startswith(key)]
             if len(prefixed) == 1:
                 match = prefixed[0]
-        if match is None and rules.fuzzy_threshold is not None and targets:
+        rare_next_to = [k for k in targets if total[key] <= rules.fuzzy_max_share * total[k]]
+        if match is None and rules.fuzzy_threshold is not None and rare_next_to:
             # rapidfuzz: a maintained C++ implementation of Levenshtein ratios (difflib is ~100x slower).
-            found = process.extract(key, targets, scorer=fuzz.ratio, limit=2, score_cutoff=rules.fuzzy_threshold)
+            found = process.extract(key, rare_next_to, scorer=fuzz.ratio, limit=2,
+                                    score_cutoff=rules.fuzzy_threshold)
             if len(found) == 1 or (len(found) == 2 and found[0][1] > found[1][1]):
                 match = found[0][0]
         if match is not None:
             groups[match].update(groups.pop(key))
 
 
-def learn_spellings(config: PartnerConfig, rules: QualityRules, chunks: object | None = None) -> SpellingMaps:
-    """One chunked pass over the export: the canonical spelling of every checked column's values."""
+def learn_spellings(config: PartnerConfig, rules: QualityRules, chunks: object | None = None, *,
+                    task: TaskSchema | None = None) -> SpellingMaps:
+    """One chunked pass over the export: the canonical spelling of every checked column's values.
+
+    With ``task``, a categorical feature's task vocabulary counts as its declared spellings.
+    """
     from fedcrm.client.ingest import iter_raw_chunks  # local: ingest imports this module
 
     columns = spelling_columns(config, rules)
@@ -190,7 +217,7 @@ def learn_spellings(config: PartnerConfig, rules: QualityRules, chunks: object |
     for col, seen in counts.items():
         spec = config.columns[col]
         boolean = (spec.true_values, spec.false_values) if spec.type == "boolean" and spec.role != "label" else None
-        mapping = canonical_map(seen, _declared_spellings(col, spec, rules), rules.spelling, boolean=boolean)
+        mapping = canonical_map(seen, _declared_spellings(col, spec, rules, task), rules.spelling, boolean=boolean)
         if mapping:
             maps.maps[col] = mapping
     return maps
