@@ -328,15 +328,32 @@ def _check_consent(config: PartnerConfig, purpose: str, vocab, categories: list[
 
 
 def approval_findings(config: PartnerConfig, task: TaskSchema, report: CheckReport) -> None:
-    """The partner's recorded decision on this task (approve / refuse), when task approval is available."""
+    """The partner's recorded decision on this exact task schema (``fedcrm client approve``), read-only."""
     try:
-        from fedcrm.client import approval  # noqa: PLC0415
-    except ImportError:
-        return  # task approval is not part of this installation
-    check = getattr(approval, "preflight_findings", None)
-    if check is not None:
-        for kind, severity, message in check(config, task):
-            report.add(kind, severity, message)
+        from fedcrm.client.approvals import approvals  # noqa: PLC0415
+    except ImportError:  # an installation without task approval: nothing to check
+        return
+    from fedcrm.consent.ledger import Ledger  # noqa: PLC0415
+
+    try:
+        ledger = Ledger.open(config.ledger_url)
+    except FedcrmError as exc:
+        report.add("approval", "error", f"task approval not checked: {exc}")
+        return
+    try:
+        approved = approvals(ledger)
+    finally:
+        ledger.close()
+    mine = approved.get(task.sha256())
+    if mine is None:
+        others = sorted(f"{a.task_name} {a.task_version}" for a in approved.values() if a.task_name == task.name)
+        also = f" (approved versions of it: {others}; the schema must match exactly)" if others else ""
+        report.add("approval", "error", f"partner {config.name} has not approved task {task.name} {task.version} "
+                   f"(sha256 {task.sha256()[:12]}…){also}: run `fedcrm client approve --config {config.config_path} "
+                   "--task <task file>` once the data team agrees")
+    else:
+        report.add("approval", "info", f"task approved by {mine.approved_by} at {mine.at:%Y-%m-%d %H:%M} UTC "
+                   f"for purpose '{mine.purpose}'")
 
 
 def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | None = None, *,

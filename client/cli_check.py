@@ -27,7 +27,8 @@ def print_report(report, out: Console = console) -> None:  # noqa: ANN001 - a Ch
 
 
 def check(
-    config: Path = typer.Option(..., "--config", "-c", help="The partner config file (TOML or YAML)."),
+    config: list[Path] = typer.Option(..., "--config", "-c",
+                                      help="The partner config file (TOML or YAML); repeat to check several."),
     task: Path = typer.Option(None, "--task", "-t", help="The task schema to check against (YAML or JSON)."),
     purpose: str = typer.Option(None, help="Purpose to check categories and consent for (default: the task's)."),
     min_count: int = typer.Option(None, "--min-count", help="The run's minimum count, if above the partner's."),
@@ -36,12 +37,13 @@ def check(
     """Check config, export, task mapping, value maps, categories, consent and minimum counts in seconds."""
     from fedcrm.client.check import check_partner, report_json
 
-    report = check_partner(config, task, purpose=purpose, min_count=min_count)
+    reports = [check_partner(c, task, purpose=purpose, min_count=min_count) for c in config]
     if as_json:
-        typer.echo(report_json([report]))
+        typer.echo(report_json(reports))
     else:
-        print_report(report)
-    raise typer.Exit(0 if report.ok else 1)
+        for report in reports:
+            print_report(report)
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,14 @@ def partner(tmp_path: Path) -> Path:
     config = tmp_path / "A" / "partner.toml"
     result = CliRunner().invoke(client_app, ["init", "--config", str(config)])
     assert result.exit_code == 0, result.output
+    approve(config)
     return config
+
+
+def approve(config: Path, task: Path = TASK) -> None:
+    """`fedcrm client approve` of the task, as the partner's data team would."""
+    result = CliRunner().invoke(client_app, ["approve", "--config", str(config), "--task", str(task), "--by", "t"])
+    assert result.exit_code == 0, result.output
 
 
 def _edit(config: Path, old: str, new: str) -> None:
@@ -126,3 +133,14 @@ def test_the_preflight_imports_no_flower_ray_or_torch(partner: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_task_the_partner_has_not_approved_is_an_error_naming_the_command(tmp_path: Path) -> None:
+    shutil.copytree(DATASETS / "partners" / "telco" / "iid" / "A", tmp_path / "A")
+    config = tmp_path / "A" / "partner.toml"
+    assert CliRunner().invoke(client_app, ["init", "--config", str(config)]).exit_code == 0
+    report = check_partner(config, TASK)
+    (finding,) = report.errors
+    assert finding.kind == "approval" and "fedcrm client approve" in finding.message
+    approve(config)
+    assert check_partner(config, TASK).ok

@@ -112,12 +112,17 @@ def _write_config(config: Path, *, with_vocabulary: bool) -> None:
     line = 'vocabulary = ["task/vocabulary.yaml"]' if with_vocabulary else ""
     config.write_text(CONFIG.format(vocabulary=line))
     assert CliRunner().invoke(client_app, ["init", "--config", str(config)]).exit_code == 0
+    if with_vocabulary:  # the partner agrees to the task (its policy allows it only with the vocabulary file)
+        task = config.parent / "task" / "insurance_renewal.yaml"
+        result = CliRunner().invoke(client_app, ["approve", "--config", str(config), "--task", str(task), "--by", "t"])
+        assert result.exit_code == 0, result.output
 
 
 def test_without_the_vocabulary_file_every_demographic_column_is_refused(insurer) -> None:  # noqa: ANN001
     config, task = insurer
     _write_config(config, with_vocabulary=False)
     report = check_partner(config, task)
+    assert {f.kind for f in report.errors} == {"category", "approval", "consent"}
     by_column = {f.column: f.message for f in report.errors if f.kind == "category"}
     assert set(by_column) == {"AgeBand", "HouseholdSize", "Premium"}
     assert "unknown data category 'user.demographic.household.size'" in by_column["HouseholdSize"]
