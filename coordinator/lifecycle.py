@@ -8,7 +8,9 @@ engine watches its parent two ways:
   for any reason (SIGTERM, SIGINT, SIGKILL, a crash) the kernel closes it and the engine's
   read returns EOF;
 - ``PR_SET_PDEATHSIG`` (Linux ``prctl`` through ctypes): the kernel sends the engine
-  SIGTERM when its parent dies; the engine treats SIGTERM like EOF on the pipe.
+  SIGUSR2 when its parent dies; the engine treats it like EOF on the pipe. Not SIGTERM:
+  Ray's driver installs its own SIGTERM handler, which ends the process at once (measured:
+  the run was left without status or manifest).
 
 Either way the engine *abandons* the run: it stops new writes to the run directory,
 stops every process carrying the run's marker (Ray's included), copies Ray's logs, removes
@@ -31,7 +33,7 @@ from types import FrameType
 
 from fedcrm.coordinator.processes import MARKER_VAR, stop_marked
 from fedcrm.coordinator.recorder import stop_writes
-from fedcrm.coordinator.registry import finalise_run_dir
+from fedcrm.coordinator.registry import finalise_run_dir, write_manifest
 from fedcrm.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,9 +42,10 @@ PARENT_FD_VAR = "FEDCRM_PARENT_FD"
 PARENT_PID_VAR = "FEDCRM_PARENT_PID"
 PR_SET_PDEATHSIG = 1
 KILLED_EXIT = 3
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
 
 
-def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+def set_parent_death_signal(sig: int) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux only)."""
     if not sys.platform.startswith("linux"):
         return False
@@ -63,7 +66,12 @@ def copy_ray_logs(ray_tmp: Path, target: Path) -> None:
 
 def finish_run(run_dir: Path, *, outcome: str, error: str | None, wall_s: float,
                marker: str | None, ray_tmp: Path | None) -> None:
-    """Stop the run's processes, keep Ray's logs, remove its temp directory, finalise the run directory."""
+    """Finalise the run directory, then stop the run's processes, keep Ray's logs and remove its temp directory.
+
+    The status and manifest are written first: if stopping Ray takes this process down
+    with it, the run directory is already closed.
+    """
+    finalise_run_dir(run_dir, succeeded=outcome == "completed", error=error, wall_s=wall_s, outcome=outcome)
     if marker:
         leftover = stop_marked(marker, grace_s=3.0)
         if leftover:
@@ -74,7 +82,7 @@ def finish_run(run_dir: Path, *, outcome: str, error: str | None, wall_s: float,
         except OSError as exc:  # a log vanishing mid-copy must not keep the temp dir alive
             log.warning("could not copy Ray logs", extra={"error": str(exc)})
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    finalise_run_dir(run_dir, succeeded=outcome == "completed", error=error, wall_s=wall_s, outcome=outcome)
+    write_manifest(run_dir)
 
 
 class ParentGuard:
@@ -91,8 +99,8 @@ class ParentGuard:
         fd = os.environ.get(PARENT_FD_VAR)
         if fd is not None:
             threading.Thread(target=self._watch_pipe, args=(int(fd),), daemon=True, name="parent-pipe").start()
-        set_parent_death_signal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(PARENT_DEATH_SIGNAL, self._on_signal)
+        set_parent_death_signal(PARENT_DEATH_SIGNAL)
         parent = os.environ.get(PARENT_PID_VAR)
         if parent is not None and os.getppid() != int(parent):
             self.abandon("the coordinator exited before the engine started")  # died before prctl took effect
