@@ -30,10 +30,11 @@ def ledger_origin(name: str) -> str:
 
 @app.command()
 def init(config: Path = ConfigOpt) -> None:
-    """Create the partner's secret pseudonymisation key (mode 0600) and its consent ledger."""
+    """Create the partner's secret pseudonymisation key (mode 0600), its consent ledger and its SuperNode key pair."""
     from fedcrm.client.config import load_partner_config
     from fedcrm.client.pseudonymise import create_key
     from fedcrm.consent.checkpoint import generate_signing_key
+    from fedcrm import node_keys
     from fedcrm.consent.ledger import Ledger
 
     try:
@@ -41,6 +42,8 @@ def init(config: Path = ConfigOpt) -> None:
         key_id = create_key(cfg.key_path)
         if not cfg.ledger_key_path.exists():
             generate_signing_key(cfg.ledger_key_path)
+        node_key = node_keys.fingerprint(node_keys.load_private_key(cfg.node_key_path).public_key()) \
+            if cfg.node_key_path.exists() else node_keys.create_node_key(cfg.node_key_path, comment=f"fedcrm-{cfg.name}")
         ledger = Ledger.open(cfg.ledger_url, signing_key_path=cfg.ledger_key_path, origin=ledger_origin(cfg.name))
         head = ledger.latest_checkpoint()
         ledger.close()
@@ -50,6 +53,8 @@ def init(config: Path = ConfigOpt) -> None:
     console.print(f"[green]partner {cfg.name} initialised[/]")
     console.print(f"  pseudonymisation key: {cfg.key_path} (id {key_id}, mode 0600 — never share or commit it)")
     console.print(f"  consent ledger:       {cfg.ledger_url} (size {head.size}, signed by {cfg.ledger_key_path})")
+    console.print(f"  node key:             {cfg.node_key_path} ({node_key}) — give the operator only "
+                  f"{node_keys.public_path(cfg.node_key_path)}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ def join(
     from fedcrm.client.config import load_partner_config
     from fedcrm.client.join import JoinSettings
     from fedcrm.client.join import join as run_join
+    from fedcrm.client.node_auth import refusal_message, refused_by_superlink
 
     if isolation not in ("process", "subprocess"):
         console.print(f"[bold red]error:[/] --isolation {isolation!r}: expected 'process' or 'subprocess'")
@@ -45,6 +46,8 @@ def join(
         raise typer.Exit(1) from exc
     if code == 130:
         console.print(f"partner {name}: stopped (Ctrl-C); the SuperNode has exited")
+    elif code != 0 and refused_by_superlink(load_partner_config(config)):
+        console.print(f"[bold red]{refusal_message(load_partner_config(config), superlink)}[/]")
     elif code != 0:
         console.print(f"[bold red]partner {name}: SuperNode exited with code {code}[/] (log: work_dir/flwr_home/supernode.log)")
     raise typer.Exit(0 if code in (0, 130) else code)

@@ -160,6 +160,7 @@ class PrivacySpec(_Strict):
     key_file: Path = Path("partner.key")
     ledger: str = Field("consent.db", description="Consent ledger: SQLAlchemy URL or a path to a SQLite file")
     ledger_key_file: Path = Path("ledger.key")
+    node_key_file: Path = Field(Path("node.key"), description="SuperNode authentication key (its .pub goes to the operator)")
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Local hold-out share for federated evaluation")
     egress_journal: Literal["off", "digest", "full"] = Field(
         "digest", description="Journal of what leaves the partner: digests only, or the full wire bytes"
@@ -237,6 +238,11 @@ class PartnerConfig(_Strict):
     def ledger_key_path(self) -> Path:
         """The Ed25519 key that signs this partner's consent-ledger heads."""
         return self.resolve(self.privacy.ledger_key_file)
+
+    @property
+    def node_key_path(self) -> Path:
+        """The SuperNode's private authentication key (EC P-384, OpenSSH format)."""
+        return self.resolve(self.privacy.node_key_file)
 
     @property
     def ledger_url(self) -> str:

@@ -38,6 +38,7 @@ from typing import Literal
 
 import fedcrm._offline as offline
 from fedcrm.client.config import PartnerConfig, load_partner_config
+from fedcrm.client.node_auth import node_key_args
 from fedcrm.client.pseudonymise import load_key
 from fedcrm.errors import ConfigError
 
@@ -92,7 +93,7 @@ def supernode_command(config: PartnerConfig, settings: JoinSettings) -> list[str
         program = [str(Path(sys.executable).parent / "flower-supernode")]
     else:
         raise ConfigError(f"isolation {settings.isolation!r}: expected 'process' or 'subprocess'")
-    return [*program, *settings.tls_args(), "--superlink", settings.superlink,
+    return [*program, *settings.tls_args(), *node_key_args(config, settings), "--superlink", settings.superlink,
             # The Runtime API serves the partner's own ClientApp only: loopback, always.
             "--host", LOOPBACK, "--port", str(settings.runtime_port),
             "--node-config", f"{NODE_CONFIG_KEY}='{config.config_path}'"]

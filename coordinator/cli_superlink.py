@@ -17,22 +17,36 @@ def superlink(
     state_dir: Path = typer.Option(Path("superlink"), "--state-dir", help="Its state database, logs and PID file."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(9093, "--port", help="Port for SuperNodes and `fedcrm coordinator run --superlink`."),
+    certs: Path = typer.Option(None, "--certs", help="TLS: directory with ca.pem, server.pem, server.key (`fedcrm certs create`)."),
+    node_auth: bool = typer.Option(True, "--node-auth/--no-node-auth", help="With TLS: admit only registered partner node keys."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP, any SuperNode admitted (loopback tests only)."),
 ) -> None:
-    """Start an insecure (loopback/testing) SuperLink and keep it running until Ctrl-C; stops it by PID."""
+    """Start a SuperLink (TLS + SuperNode authentication, or --insecure) until Ctrl-C; stops it by PID."""
+    from fedcrm.coordinator.link_security import INSECURE_WARNING, RefusalWatcher
     from fedcrm.coordinator.superlink import start_superlink, stop_superlink
 
+    if insecure == (certs is not None):
+        console.print("[bold red]error:[/] choose --certs DIR (TLS, from `fedcrm certs create`) or --insecure "
+                      "(loopback tests only)")
+        raise typer.Exit(1)
+    if insecure:
+        console.print(f"[bold yellow]warning:[/] {INSECURE_WARNING}")
     try:
-        link = start_superlink(state_dir, host=host, port=port)
+        link = start_superlink(state_dir, host=host, port=port, tls_dir=certs, node_auth=node_auth and not insecure)
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    watcher = RefusalWatcher(link.state_dir / "superlink.log", on_refusal=lambda r: console.print(
+        f"[bold red]refused SuperNode[/] ({r.reason}): key {', '.join(r.fingerprints) or 'none'}"))
+    watcher.start()
     try:
         with console.status(f"SuperLink {link.address} (pid {link.pid}, state {link.state_dir}) — Ctrl-C stops it"):
             code = link.process.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
+        watcher.stop()
         leftover = stop_superlink(link)
         signal.signal(signal.SIGTERM, previous)
     if leftover:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedcrm.coordinator.link_security import connection_toml
 from fedcrm.coordinator.engine import CLIENT_APP_REF, PLAIN_CLIENT_APP_REF, write_app_dir
 from fedcrm.coordinator.registry import finalise_run_dir, read_events
 from fedcrm.coordinator.run_config import RunConfig
@@ -32,17 +33,13 @@ log = get_logger(__name__)
 CONNECTION = "fedcrm"
 
 
-def write_connection(flwr_home: Path, superlink: str, name: str = CONNECTION) -> Path:
-    """Write ``$FLWR_HOME/config.toml`` with one insecure SuperLink connection (the default)."""
-    host, sep, port = superlink.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise CoordinatorError(f"--superlink {superlink!r}: expected HOST:PORT")
+def write_connection(flwr_home: Path, superlink: str, name: str = CONNECTION,
+                     root_certificates: Path | None = None) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection (TLS if ``root_certificates``)."""
+    text = connection_toml(name, superlink, root_certificates)
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(
-        "# Written by fedcrm for one deployment run.\n"
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{superlink}"\ninsecure = true\n'
-    )
+    path.write_text(text)
     return path
 
 
@@ -54,6 +51,7 @@ def run_deployment(
     *,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float = 3600.0,
+    root_certificates: Path | None = None,
 ) -> RunResult:
     """Submit one federated run to a running SuperLink and wait for it; never raises for a failed round.
 
@@ -63,6 +61,8 @@ def run_deployment(
         How many partner SuperNodes the run waits for and trains with.
     superlink
         ``HOST:PORT`` of the SuperLink (its one HTTP address serves ``flwr run`` too).
+    root_certificates
+        CA certificate of a TLS SuperLink (``ca.pem``); None means an insecure SuperLink.
     """
     if num_partners < 2:
         raise CoordinatorError("a federated run needs at least two partners (--partners N)")
@@ -71,7 +71,7 @@ def run_deployment(
     client_ref = CLIENT_APP_REF if config.aggregation == "secagg" else PLAIN_CLIENT_APP_REF
     app_dir = write_app_dir(run_dir, run_dir / "plan.json", [], client_ref)  # partner paths stay with partners
     flwr_home = run_dir / "flwr_home"
-    write_connection(flwr_home, superlink)
+    write_connection(flwr_home, superlink, root_certificates=root_certificates)
     marker = uuid.uuid4().hex
     started = time.monotonic()
     interrupted: str | None = None

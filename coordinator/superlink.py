@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcrm._offline import OFFLINE_ENV
+from fedcrm.coordinator.link_security import superlink_security_args
 from fedcrm.coordinator.processes import MARKER_VAR, stop_marked, stop_processes
 from fedcrm.errors import CoordinatorError
 
@@ -75,6 +76,7 @@ class SuperLink:
     port: int
     state_dir: Path
     marker: str
+    tls_dir: Path | None = None  # ca.pem here is what SuperNodes and `flwr run` trust
 
     @property
     def address(self) -> str:
@@ -87,8 +89,11 @@ class SuperLink:
 
 
 def start_superlink(state_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                    timeout_s: float = 60.0) -> SuperLink:
-    """Start ``flower-superlink --insecure`` with its database and logs in ``state_dir``.
+                    timeout_s: float = 60.0, tls_dir: Path | None = None, node_auth: bool = False) -> SuperLink:
+    """Start ``flower-superlink`` with its database and logs in ``state_dir``.
+
+    TLS uses ``ca.pem``/``server.pem``/``server.key`` from ``tls_dir`` (``fedcrm certs create``);
+    ``node_auth`` admits only registered SuperNode keys. Without ``tls_dir`` it is ``--insecure``.
 
     Raises
     ------
@@ -101,14 +106,15 @@ def start_superlink(state_dir: Path, *, host: str = "127.0.0.1", port: int | Non
     marker = uuid.uuid4().hex
     log_path = state_dir / "superlink.log"
     command = [
-        str(venv_bin() / "flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+        str(venv_bin() / "flower-superlink"), *superlink_security_args(tls_dir, node_auth),
+        "--host", host, "--port", str(port),
         "--database", str(state_dir / "state.db"), "--disable-runtime-dependency-installation",
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=state_dir, env=flower_env(state_dir / "flwr_home", marker),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (state_dir / PID_FILE).write_text(f"{process.pid}\n")
-    link = SuperLink(process, host, port, state_dir, marker)
+    link = SuperLink(process, host, port, state_dir, marker, tls_dir)
     try:
         wait_for_port(host, port, process, timeout_s, f"flower-superlink (log: {log_path})")
     except CoordinatorError:
