@@ -47,7 +47,8 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], status: dict[str, 
     lines = [
         f"# Run {plan['run_id']}",
         "",
-        f"- status: **{'succeeded' if status['succeeded'] else 'FAILED'}**"
+        f"- status: **{'succeeded' if status['succeeded'] else status.get('outcome', 'failed').upper()}**"
+        + (f" after round {status['after_round']}" if not status["succeeded"] and "after_round" in status else "")
         + (f" — {status['error']}" if status.get("error") else ""),
         f"- task: `{json.loads(plan['task_schema_json'])['name']}`, {plan['num_partners']} partners, "
         f"{cfg['rounds']} rounds, aggregation **{cfg['aggregation']}**, strategy {cfg['strategy']}, "
