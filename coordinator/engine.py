@@ -24,6 +24,14 @@ from pathlib import Path
 CLIENT_APP_REF = "fedcrm.client.flower_app:app"
 PLAIN_CLIENT_APP_REF = "fedcrm.client.flower_app:plain_app"
 SERVER_APP_REF = "fedcrm.coordinator.server_app:app"
+#: Where every process of a simulation listens (tests/test_listen_loopback.py checks it).
+LOOPBACK = "127.0.0.1"
+#: Ray 2.55 turns a node IP of 127.0.0.1 back into the machine's interface address
+#: (``services.resolve_ip_for_localhost``) and then binds GCS, raylet and workers to every
+#: interface (``*:PORT``, measured with ``ss -ltnp``). With this flag off (Ray's own setting
+#: for single-machine clusters, the default on macOS/Windows) the node IP stays loopback and
+#: every Ray server binds 127.0.0.1 (measured).
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def write_app_dir(run_dir: Path, plan_path: Path, partner_configs: list[Path], client_ref: str) -> Path:
@@ -56,6 +64,7 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
     from fedcrm import _offline
 
     _offline.enforce_offline_environment()
+    os.environ.update(RAY_LOOPBACK_ENV)  # read by Ray when it is imported, inherited by its processes
     from flwr.app import Context, RecordDict
     from flwr.common import EventType
     from flwr.simulation.run_simulation import _run_simulation
@@ -75,6 +84,10 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
             "log_to_driver": False,
             "include_dashboard": False,
             "_temp_dir": os.environ["RAY_TMPDIR"],
+            # Ray binds its gRPC servers (GCS, raylet, object manager, agents, workers) to the node IP
+            # (with RAY_LOOPBACK_ENV set, this one is kept as given): keep the cluster on loopback.
+            "_node_ip_address": LOOPBACK,
+            "dashboard_host": LOOPBACK,
         },
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
