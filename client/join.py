@@ -122,12 +122,13 @@ def wait_for_runtime_api(port: int, process: subprocess.Popen[str], timeout_s: f
 
 def supernode_env(config: PartnerConfig, settings: JoinSettings | None = None) -> dict[str, str]:
     """Offline environment with Flower's state under the partner's work directory."""
-    from fedcrm.client.supernode_main import POLL_ENV
+    from fedcrm.client.supernode_main import PARENT_ENV, POLL_ENV
 
     env = dict(os.environ)
     env.update(offline.OFFLINE_ENV)
     env.update({
         POLL_ENV: str(settings.poll_s if settings is not None else JoinSettings("").poll_s),
+        PARENT_ENV: str(os.getpid()),
         "FLWR_HOME": str(config.work_path.resolve() / "flwr_home"),
         # The SuperNode starts flower-superexec and flwr-clientapp by name: use this environment's.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",

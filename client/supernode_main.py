@@ -19,12 +19,16 @@ Flower makes the interval configurable. Run as
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time as _time
 from typing import Any
 
 POLL_ENV = "FEDCRM_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.2
+#: PID of the ``fedcrm client join`` process; the SuperNode stops itself when it is gone.
+PARENT_ENV = "FEDCRM_JOIN_PID"
 
 
 class CappedSleepTime:
@@ -59,9 +63,28 @@ def patch_supernode_polling(cap_s: float) -> None:
     loop.time = CappedSleepTime(cap_s)  # type: ignore[assignment]
 
 
+def stop_with_parent(pid: int) -> None:
+    """SIGTERM this process (Flower's graceful shutdown) once ``pid`` no longer exists.
+
+    ``fedcrm client join`` stops its SuperNode itself; this covers a join that was killed
+    (SIGKILL) before it could, so no SuperNode keeps polling for a partner who left.
+    """
+    def watch() -> None:
+        while True:
+            _time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+    threading.Thread(target=watch, name="fedcrm-parent-watch", daemon=True).start()
+
+
 def main() -> int:
     """Patch, then run Flower's own ``flower-supernode`` entry point with our arguments."""
     patch_supernode_polling(poll_interval())
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        stop_with_parent(int(os.environ[PARENT_ENV]))
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"
