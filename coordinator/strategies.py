@@ -114,16 +114,24 @@ class MinPartnersRounds:
                 f" — {detail}" if detail else "")
             raise RoundFailed(server_round, stage, self._names(missing), detail)
 
+    def _record_absent(self, stage: str, server_round: int, sampled: set[int]) -> None:
+        """Partners of the run that are not connected any more are missing too, with that reason."""
+        absent = sorted(set(self.node_names.values()) - set(self._names(sampled)))
+        if absent and self.on_dropout is not None:
+            self.on_dropout(server_round, stage, {name: "not connected" for name in absent})
+
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):  # noqa: ANN201
         self._wait_for_partners("fit", server_round, client_manager)
         instructions = super().configure_fit(server_round, parameters, client_manager)  # type: ignore[misc]
         self._sampled[("fit", server_round)] = {proxy.node_id for proxy, _ in instructions}
+        self._record_absent("fit", server_round, self._sampled[("fit", server_round)])
         return instructions
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):  # noqa: ANN201
         self._wait_for_partners("evaluate", server_round, client_manager)
         instructions = super().configure_evaluate(server_round, parameters, client_manager)  # type: ignore[misc]
         self._sampled[("evaluate", server_round)] = {proxy.node_id for proxy, _ in instructions}
+        self._record_absent("evaluate", server_round, self._sampled[("evaluate", server_round)])
         return instructions
 
     def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]):  # noqa: ANN201

@@ -87,6 +87,25 @@ def test_a_round_with_min_partners_completes_and_records_who_was_missing_and_why
         strategy.aggregate_fit(3, [(_proxy(1), _fitres(10))], [])
 
 
+def test_a_partner_no_longer_connected_is_recorded_missing_and_too_few_fail_without_waiting_a_day() -> None:
+    from flwr.server.client_manager import SimpleClientManager
+
+    strategy = make_strategy("fedavg", num_partners=3, node_names={1: "A", 2: "B", 3: "C"}, min_partners=2,
+                             wait_s=0.5, initial_parameters=ndarrays_to_parameters([np.zeros(2, dtype=np.float32)]),
+                             on_fit_config_fn=lambda r: {}, on_evaluate_config_fn=lambda r: {})
+    dropouts: list[tuple[int, str, dict[str, str]]] = []
+    strategy.on_dropout = lambda r, stage, partners: dropouts.append((r, stage, partners))  # type: ignore[attr-defined]
+    manager = SimpleClientManager()
+    for node in (1, 3):
+        manager.register(SimpleNamespace(node_id=node, cid=str(node)))  # type: ignore[arg-type]
+    sampled = strategy.configure_fit(4, ndarrays_to_parameters([]), manager)
+    assert sorted(proxy.node_id for proxy, _ in sampled) == [1, 3]
+    assert dropouts == [(4, "fit", {"B": "not connected"})]
+    manager.unregister(manager.all()["3"])
+    with pytest.raises(RoundFailed, match=r"round 5 failed at stage 'fit': partner\(s\) B, C — only 1 partner"):
+        strategy.configure_fit(5, ndarrays_to_parameters([]), manager)
+
+
 @pytest.mark.parametrize("spec", ["B:fit:2", "B:fitt:2:raise", "B:fit:two:raise", "B:fit:2:explode", "B fit 2 raise",
                                   ":fit:1:raise"])
 def test_a_malformed_fault_spec_is_refused_listing_the_accepted_forms(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
