@@ -29,7 +29,14 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, 
 from fedcrm.asgi import AccessLog, BodyLimit
 from fedcrm.consent.events import _PSEUDONYM
 from fedcrm.consent.ledger import Ledger
-from fedcrm.consent.records import append_consents, describe_decode_error, import_consents, make_consent, to_utc
+from fedcrm.consent.records import (
+    append_consents,
+    describe_decode_error,
+    import_consents,
+    is_rfc3339,
+    make_consent,
+    to_utc,
+)
 from fedcrm.consent.report import AuditReport, build_report, render_html, report_period
 from fedcrm.consent.subject import SubjectReport, subject_report
 from fedcrm.consent.taxonomy import default_vocabulary
@@ -59,9 +66,12 @@ log = get_logger("fedcrm.consent.api")
 
 
 def _strictly_text(value: Any) -> Any:
-    # Timestamps arrive as JSON strings; refuse numbers (pydantic would read them as Unix time).
-    if not isinstance(value, str | datetime):
-        raise ValueError("a timestamp must be an ISO-8601 string with a time zone")
+    # Timestamps arrive as strings; refuse numbers and numeric strings (pydantic would read "0.5" as
+    # Unix time) and anything but RFC 3339 — the same rule as the CSV import.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not is_rfc3339(value):
+        raise ValueError("a timestamp must be an ISO-8601 string with a time zone, e.g. 2025-05-01T09:00:00Z")
     return value
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "append_consents",
     "existing_receipts",
     "import_consents",
+    "is_rfc3339",
     "make_consent",
     "parse_consents",
     "parse_time",
@@ -82,6 +83,11 @@ def to_utc(value: datetime) -> datetime:
         raise ValueError(
             f"{value.isoformat()} is out of range: in UTC it falls before 0001-01-01 or after 9999-12-31"
         ) from None
+
+
+def is_rfc3339(value: str) -> bool:
+    """Whether ``value`` has the shape of an RFC 3339 timestamp (zone optional here; ``parse_time`` wants one)."""
+    return _RFC3339.match(value.strip()) is not None
 
 
 def parse_time(value: str, column: str = "time") -> datetime:
