@@ -8,14 +8,10 @@ the gate records the scoring job in the partner's ledger. The output is keyed by
 partner's own customer id (from the partner-local id map), which never leaves the
 partner.
 
-Per-customer explanations use **occlusion on the logit**: a feature's contribution is
-``logit(x) - logit(x with that feature encoded as missing)``, where "missing" is exactly
-how the task encoding treats an absent feature everywhere else (numeric: the federated
-mean, boolean: 0, categorical: the ``__unseen__`` slot). One-hot columns of a categorical
-feature are replaced together, so each task feature gets one number. We chose occlusion
-over gradient × input because gradient × input on a one-hot slot measures the distance
-to an all-zero vector no real customer has, while occlusion compares with the model's
-own "don't know" input. The top three features are those that raise the score most.
+The model runs as a few numpy matrix products on the arrays of its safetensors file, so
+plain scoring never imports torch (its import alone cost more than scoring ~1,300 customers).
+``--explain K`` adds each customer's top K reasons (``client/explain.py``: Captum's integrated
+gradients, in the partner's own column names and values), and only then loads torch.
 """
 
 from __future__ import annotations
@@ -33,21 +29,16 @@ import pandas as pd
 from fedcrm.client.config import PartnerConfig, load_partner_config
 from fedcrm.client.consented import ensure_consented
 from fedcrm.client.features import Scaling, encode_features
-from fedcrm.client.ingest import SUBJECT, load_customers, load_id_map
-from fedcrm.client.partner_session import PartnerSession
+from fedcrm.client.ingest import LABEL, SUBJECT, load_customers, load_id_map
 from fedcrm.client.vocabulary import vocabulary_for_gate
 from fedcrm.consent.gate import ConsentedView, UsageContext, gate
 from fedcrm.consent.ledger import Ledger
 from fedcrm.errors import ConfigError, ModelIntegrityError
-from fedcrm.models.nets import build_model
-from fedcrm.models.params import set_arrays
-from fedcrm.models.train import predict_scores
 from fedcrm.protocol import TaskSchema
 
 #: Suffixes of formats whose loaders run code (pickle and the formats built on it).
 UNSAFE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".joblib", ".bin", ".ckpt", ".npy", ".npz"})
 SAFE_SUFFIX = ".safetensors"
-TOP_K = 3
 CUSTOMER_ID = "customer_id"
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -61,6 +52,31 @@ class ScoreResult:
     n_excluded: int
     job_id: str
     model_version: str
+    explain_gap: float | None = None  # largest integrated-gradients completeness gap (logit units)
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A trained model's arrays and architecture, evaluated with numpy (no torch)."""
+
+    architecture: str
+    arrays: dict[str, np.ndarray]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The model's logit for every row (the same arithmetic as ``fedcrm.models.nets``)."""
+        a = self.arrays
+        if self.architecture == "logistic":
+            out = x @ a["linear.weight"].T + a["linear.bias"]
+        elif self.architecture == "mlp":
+            hidden = np.maximum(x @ a["net.0.weight"].T + a["net.0.bias"], 0.0)
+            out = hidden @ a["net.2.weight"].T + a["net.2.bias"]
+        else:
+            raise ModelIntegrityError(f"unknown architecture '{self.architecture}' in the model's sidecar")
+        return out[:, 0].astype(np.float64)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Predicted probability of the positive class."""
+        return 1.0 / (1.0 + np.exp(-self.logits(x)))
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -99,20 +115,21 @@ def find_model_file(run_dir: Path, label: str = "final") -> Path:
     return model_dir / f"{label}{SAFE_SUFFIX}"
 
 
-def load_scoring_model(run_dir: Path, task: TaskSchema):  # noqa: ANN201 - a torch module
+def load_scoring_model(run_dir: Path, task: TaskSchema) -> ScoringModel:
     """The run's final model, after format, manifest-hash and task-schema checks."""
     from fedcrm.coordinator.registry import load_run_model
 
     find_model_file(run_dir)
-    _, arrays, meta = load_run_model(run_dir, "final")
+    names, arrays, meta = load_run_model(run_dir, "final")
     if meta.get("task_schema_sha256") != task.sha256():
         raise ModelIntegrityError(
             f"{run_dir / 'model' / 'final.json'}: model was trained for task schema "
             f"{str(meta.get('task_schema_sha256'))[:12]}…, not the run's {task.sha256()[:12]}…"
         )
-    model = build_model(meta["architecture"], int(meta["n_features"]))
-    set_arrays(model, arrays)
-    return model
+    if int(meta["n_features"]) != task.width:
+        raise ModelIntegrityError(f"{run_dir / 'model' / 'final.json'}: {meta['n_features']} inputs, the task has "
+                                  f"{task.width}")
+    return ScoringModel(str(meta["architecture"]), dict(zip(names, arrays, strict=True)))
 
 
 def read_run_task(run_dir: Path) -> TaskSchema:
@@ -137,26 +154,6 @@ def read_run_scaling(run_dir: Path) -> Scaling:
 # --- scores and explanations -----------------------------------------------------------------
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(q / (1 - q))
-
-
-def occlusion_contributions(model, x: np.ndarray, task: TaskSchema, scaling: Scaling) -> np.ndarray:  # noqa: ANN001
-    """Per-row, per-task-feature contribution to the logit (see the module docstring)."""
-    missing = encode_features(pd.DataFrame(index=range(1)), task, scaling)[0]
-    full = _logit(predict_scores(model, x))
-    out = np.zeros((len(x), len(task.features)))
-    start = 0
-    for j, feature in enumerate(task.features):
-        block = slice(start, start + feature.width)
-        occluded = x.copy()
-        occluded[:, block] = missing[block]
-        out[:, j] = full - _logit(predict_scores(model, occluded))
-        start += feature.width
-    return out
-
-
 def deciles(scores: np.ndarray) -> np.ndarray:
     """Decile by rank, 1 = the highest-scoring 10%; sizes differ by at most one."""
     order = np.argsort(-scores, kind="stable")
@@ -165,30 +162,41 @@ def deciles(scores: np.ndarray) -> np.ndarray:
     return (ranks * 10) // max(len(scores), 1) + 1
 
 
-def score_table(view: ConsentedView, model, task: TaskSchema, scaling: Scaling) -> pd.DataFrame:  # noqa: ANN001
-    """Score, decile and top contributing features for every subject in a consented view."""
+def score_table(view: ConsentedView, model: ScoringModel, task: TaskSchema, scaling: Scaling, *,
+                config: PartnerConfig | None = None, explain: int = 0,
+                steps: int | None = None) -> tuple[pd.DataFrame, float | None]:
+    """Score and decile every subject in a consented view; with ``explain``, its top reasons too.
+
+    Returns the table and, when explaining, the largest integrated-gradients completeness gap.
+    """
     frame = ensure_consented(view, "score_table").frame
     x = encode_features(frame, task, scaling)
-    scores = predict_scores(model, x)
-    contributions = occlusion_contributions(model, x, task, scaling)
-    names = np.array([f.name for f in task.features])
-    top = np.argsort(-contributions, axis=1, kind="stable")[:, :TOP_K]
+    scores = model.scores(x)
     table = pd.DataFrame({SUBJECT: frame[SUBJECT].to_numpy(), "score": scores, "decile": deciles(scores)})
-    for k in range(min(TOP_K, len(names))):
-        table[f"top_feature_{k + 1}"] = names[top[:, k]]
-        table[f"top_contribution_{k + 1}"] = contributions[np.arange(len(x)), top[:, k]]
-    return table
+    if not explain:
+        return table, None
+    if config is None:
+        raise ValueError("explanations need the partner config (to name its own columns)")
+    from fedcrm.client.explain import DEFAULT_STEPS, baseline_vector, feature_attributions, reason_columns
+
+    attributions, gap = feature_attributions(model.architecture, model.arrays, x, baseline_vector(task, scaling),
+                                             task, steps=steps or DEFAULT_STEPS)
+    reasons = reason_columns(frame.reset_index(drop=True), attributions, task, config, explain)
+    return pd.concat([table, reasons.reset_index(drop=True)], axis=1), gap
 
 
 # --- the job -------------------------------------------------------------------------------
 
 
 def _consented(config: PartnerConfig, task: TaskSchema, use: UsageContext, at: datetime) -> ConsentedView:
-    session = PartnerSession(config.config_path or Path())
+    held = config.feature_columns()
+    categories = {feature: config.columns[column].category or "" for feature, column in held.items()}
+    if config.label_column:
+        categories[LABEL] = config.columns[config.label_column].category or ""
+    columns = [f.name for f in task.features if f.name in held]  # features only: scoring never asks for the label
     ledger = Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path, origin=f"fedcrm/{config.name}")
     try:
-        return gate(load_customers(config), session.column_categories(), task.purpose, at,
-                    session.task_columns(task, with_label=False), ledger=ledger, use=use,
+        return gate(load_customers(config), categories, task.purpose, at, columns, ledger=ledger, use=use,
                     vocabulary=vocabulary_for_gate(config, ledger))
     finally:
         ledger.close()
@@ -204,7 +212,8 @@ def _write(table: pd.DataFrame, out: Path) -> None:
     os.replace(tmp, out)  # never leave half a score file behind
 
 
-def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, at: datetime | None = None) -> ScoreResult:
+def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, at: datetime | None = None,
+                  explain: int = 0, steps: int | None = None) -> ScoreResult:
     """Score the partner's consented customers with a run's final model and write the table.
 
     Parameters
@@ -217,6 +226,10 @@ def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, 
         ``.csv`` or ``.parquet`` output (default: ``<work_dir>/scores/<run_id>.csv``).
     at
         Consent-as-of time (default: now).
+    explain
+        Also write each customer's top ``explain`` reasons (0: none, and torch is never loaded).
+    steps
+        Integration steps of the explanations (default ``fedcrm.client.explain.DEFAULT_STEPS``).
     """
     config = load_partner_config(config_path)
     run_dir = Path(run_dir).resolve()
@@ -230,11 +243,11 @@ def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, 
     use = UsageContext(job_id=f"score-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}", partner=config.name,
                        model_version=f"{run_dir.name}:final", stage="score")
     view = _consented(config, task, use, at)
-    table = score_table(view, model, task, scaling)
+    table, gap = score_table(view, model, task, scaling, config=config, explain=explain, steps=steps)
     ids = load_id_map(config).drop_duplicates(SUBJECT)
     keyed = table.merge(ids, on=SUBJECT, how="left", validate="many_to_one")
     if keyed[CUSTOMER_ID].isna().any():
         raise ConfigError(f"{config.work_path}: id map lacks pseudonyms of consented customers; re-run ingestion")
     keyed = keyed[[CUSTOMER_ID, *[c for c in table.columns if c != SUBJECT]]]
     _write(keyed.sort_values("score", ascending=False, kind="stable").reset_index(drop=True), out)
-    return ScoreResult(out, len(keyed), view.n_excluded, use.job_id, use.model_version)
+    return ScoreResult(out, len(keyed), view.n_excluded, use.job_id, use.model_version, gap)

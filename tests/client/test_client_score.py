@@ -154,11 +154,14 @@ def test_scores_are_keyed_by_the_partners_own_customer_ids(federation, tmp_path:
     assert len(scores) == result.rows == len(export)
     assert scores["score"].between(0, 1).all()
     assert "subject" not in scores.columns  # pseudonyms stay out of the partner's business files
-    task = load_task_schema(TASK)
-    names = {f.name for f in task.features}
+    assert not any(c.startswith("reason_") for c in scores.columns)  # reasons only with --explain
+    explained = pd.read_csv(score_partner(configs["B"], run_dir, tmp_path / "why.csv", explain=3).path,
+                            dtype={"customer_id": str})
+    own_columns = set(cfg.feature_columns().values())
     for k in (1, 2, 3):
-        assert set(scores[f"top_feature_{k}"]) <= names
-    assert (scores["top_feature_1"] != scores["top_feature_2"]).all()
+        assert set(explained[f"reason_{k}_column"]) <= own_columns  # the partner's own column names
+    assert (explained["reason_1_column"] != explained["reason_2_column"]).all()
+    assert (explained["reason_1_effect"] >= explained["reason_2_effect"]).all()
 
 
 @pytest.mark.slow
