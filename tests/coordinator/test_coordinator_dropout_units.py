@@ -145,6 +145,10 @@ def test_fit_fires_inside_secaggs_collect_masked_vectors_stage() -> None:
     assert message_stages(_message("evaluate", "2", {"evaluateins.config": {}})) == {"evaluate"}
     assert message_stages(_message("get_properties", "0", {"getpropertiesins.config": {"fedcrm.stage": "stats"}})) \
         == {"stats"}
+    from fedcrm.protocol import HelloOrder
+
+    hello = _message("get_properties", "0", {"getpropertiesins.config": dict(HelloOrder(run_id="r").to_config())})
+    assert message_stages(hello) == {"hello"} and parse_fault("A:hello:0:exit").matches("A", message_stages(hello), "0")
 
 
 def _checkpoint(server_round: int) -> Checkpoint:
