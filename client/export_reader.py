@@ -106,7 +106,11 @@ class _Lines:
         offset, line = 0, 1  # byte offset and physical line where the current block starts
         rest = b""
         first = True
-        with self.path.open("rb") as handle:
+        try:
+            handle = self.path.open("rb")
+        except OSError as exc:  # a directory, no permission, …
+            raise ExportFormatError(f"{self.path}: cannot read the export: {exc.strerror}") from None
+        with handle:
             while True:
                 data = handle.read(BLOCK_BYTES)
                 block = rest + data

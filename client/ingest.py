@@ -124,7 +124,15 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if parquet.metadata.num_rows == 0:
         raise ExportFormatError(f"{path}: no data rows")
     offset = 0
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
+    batches = parquet.iter_batches(batch_size=chunk_rows)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            raise ExportFormatError(f"{path}: row {offset + 1} onwards cannot be read from the Parquet file: "
+                                    f"{exc}") from None
+        if batch is None:
+            return
         chunk = batch.to_pandas().astype("string").fillna("")
         chunk[LINE_COLUMN] = np.arange(offset, offset + len(chunk)) + 1  # row number in the file
         offset += len(chunk)

@@ -415,3 +415,18 @@ def test_a_key_file_with_bad_content_is_refused(tmp_path: Path, content: bytes) 
     os.close(fd)
     with pytest.raises(PartnerKeyInvalid, match=r"partner\.key: not a partner key: expected 64 hex characters"):
         load_key(key_path)
+
+
+def test_an_unreadable_or_corrupt_export_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = partner(tmp_path, b"")
+    (tmp_path / "export.csv").unlink()
+    (tmp_path / "export.csv").mkdir()
+    with pytest.raises(ExportFormatError, match=r"export\.csv: cannot read the export"):
+        ingest(load_partner_config(path))
+    table = pa.table({"id": [f"ID-{i}" for i in range(2000)], "spend": ["1"] * 2000})
+    pq.write_table(table, tmp_path / "export.parquet")
+    raw = (tmp_path / "export.parquet").read_bytes()
+    (tmp_path / "export.parquet").write_bytes(raw[:-8] + b"\xff\xff\xff\x7f" + raw[-4:])  # footer length broken
+    path.write_text(path.read_text().replace('path = "export.csv"', 'path = "export.parquet"'))
+    with pytest.raises(ExportFormatError, match=r"export\.parquet: not a readable Parquet file"):
+        ingest(load_partner_config(path))
