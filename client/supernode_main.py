@@ -7,10 +7,17 @@ There is no setting for either. A SecAgg+ round is five message exchanges, so th
 sleep alone adds ~1.5 s on average to every exchange, ~7.5 s per round, far more than the
 partner's own work.
 
-How: before Flower's own entry point runs, the ``time`` name inside that one module is
-replaced by a proxy whose ``sleep`` sleeps at most ``FEDCRM_SUPERNODE_POLL_S`` seconds
-(default 0.2); everything else is the real ``time`` module, and no other Flower module
-is touched. The cost is more frequent polls of the SuperLink while idle (5 per second per
+The same loop downloads each message's objects from the SuperLink with ``pull_objects``,
+which retries an object that is not there yet after 1 s, doubling up to 10 s: the
+SuperNode sees a message as soon as the ServerApp pushed it, often before the ServerApp
+finished pushing its objects, and on a loaded machine that costs 3–15 s per message
+(measured in the workers' task journals).
+
+How: before Flower's own entry point runs, two names inside that one module are
+replaced: ``time`` by a proxy whose ``sleep`` sleeps at most ``FEDCRM_SUPERNODE_POLL_S``
+seconds (default 0.2; everything else is the real ``time`` module), and ``pull_objects``
+by the same function with retries after 0.05 s doubling up to 0.25 s. No other Flower
+module is touched. The cost is more frequent polls of the SuperLink while idle (5 per second per
 SuperNode instead of 0.33; measured in docs/benchmarks-rounds.md). Remove this module when
 Flower makes the interval configurable. Run as
 ``python -m fedcrm.client.supernode_main <flower-supernode arguments>``.
@@ -56,11 +63,21 @@ def poll_interval() -> float:
         raise SystemExit(f"{POLL_ENV}={raw!r}: expected a number of seconds") from exc
 
 
+#: Retry delays of the SuperNode's object downloads (Flower's: 1 s doubling to 10 s).
+PULL_INITIAL_BACKOFF_S = 0.05
+PULL_BACKOFF_CAP_S = 0.25
+
+
 def patch_supernode_polling(cap_s: float) -> None:
-    """Cap the sleeps of Flower's SuperNode main loop (see the module docstring)."""
+    """Cap the sleeps and object-download retries of Flower's SuperNode main loop (see the module docstring)."""
+    import functools
+
     import flwr.supernode.start_client_internal as loop
 
     loop.time = CappedSleepTime(cap_s)  # type: ignore[assignment]
+    if not isinstance(loop.pull_objects, functools.partial):
+        loop.pull_objects = functools.partial(  # type: ignore[assignment]
+            loop.pull_objects, initial_backoff=PULL_INITIAL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S)
 
 
 def stop_with_parent(pid: int) -> None:

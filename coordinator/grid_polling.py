@@ -9,12 +9,20 @@ implements ``send_and_receive`` with Flower's own public ``push_messages`` /
 The simulation engine's in-memory grid already polls every 0.1 s, so there the wrapper
 changes nothing measurable.
 
+Replies are downloaded by the wrapped grid's ``pull_messages``, which retries an object
+that is not on the SuperLink yet after 1 s, doubling up to 10 s (``pull_objects``); a
+SuperNode's reply is visible before all its objects are uploaded, so on a loaded machine
+that wait is seconds per exchange. With a short poll the deployment grid's module uses
+``pull_objects`` with retries after 0.05 s doubling up to 0.25 s (:func:`short_object_retries`,
+the one patch on this side).
+
 ``FEDCRM_GRID_POLL_S`` (default 0.1) sets the interval; ``3`` reproduces Flower's stock
-behaviour for comparisons (``benchmarks/rounds.py``).
+behaviour (3 s sleeps, stock retries) for comparisons (``benchmarks/rounds.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable
@@ -25,6 +33,18 @@ from flwr.serverapp.grid import Grid
 
 POLL_ENV = "FEDCRM_GRID_POLL_S"
 DEFAULT_POLL_S = 0.1
+STOCK_POLL_S = 3.0
+PULL_INITIAL_BACKOFF_S = 0.05
+PULL_BACKOFF_CAP_S = 0.25
+
+
+def short_object_retries() -> None:
+    """Make the deployment grid retry a reply's missing objects after 0.05-0.25 s, not 1-10 s."""
+    from flwr.superlink.grid import http_grid
+
+    if not isinstance(http_grid.pull_objects, functools.partial):
+        http_grid.pull_objects = functools.partial(  # type: ignore[assignment]
+            http_grid.pull_objects, initial_backoff=PULL_INITIAL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S)
 
 
 def poll_interval() -> float:
@@ -45,6 +65,8 @@ class ResponsiveGrid(Grid):
     def __init__(self, inner: Grid, poll_s: float | None = None) -> None:
         self._inner = inner
         self.poll_s = poll_interval() if poll_s is None else poll_s
+        if self.poll_s < STOCK_POLL_S:
+            short_object_retries()
 
     # -- Grid's abstract interface, delegated ---------------------------------------------
     def set_run(self, run: Any) -> None:  # noqa: D102

@@ -55,6 +55,17 @@ class ScriptedGrid(Grid):
 
 
 @pytest.fixture(autouse=True)
+def _restore_flower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patches under test change module globals of Flower: put them back after each test."""
+    import flwr.supernode.start_client_internal as loop
+    from flwr.superlink.grid import http_grid
+
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)
+
+
+@pytest.fixture(autouse=True)
 def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower stamps new messages with the current task's run and node ids."""
     from flwr.supercore.task_identity import TaskIdentity
@@ -105,7 +116,6 @@ def test_supernode_sleeps_are_capped_in_flowers_main_loop_only(monkeypatch: pyte
 
     slept: list[float] = []
     monkeypatch.setattr(supernode_main._time, "sleep", slept.append)
-    monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
     supernode_main.patch_supernode_polling(0.2)
     loop.time.sleep(3)  # the idle poll in start_client_internal
     loop.time.sleep(0.05)
@@ -113,3 +123,17 @@ def test_supernode_sleeps_are_capped_in_flowers_main_loop_only(monkeypatch: pyte
     assert loop.time.monotonic() > 0  # the rest of `time` is the real module
     with pytest.raises(ValueError, match=supernode_main.POLL_ENV):
         supernode_main.CappedSleepTime(0)
+
+
+def test_object_downloads_retry_quickly_on_both_sides_unless_stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode.start_client_internal as loop
+    from flwr.superlink.grid import http_grid
+
+    ResponsiveGrid(ScriptedGrid([1]), poll_s=grid_polling.STOCK_POLL_S)  # stock: Flower's own retries
+    assert http_grid.pull_objects.__name__ == "pull_objects"
+    ResponsiveGrid(ScriptedGrid([1]), poll_s=0.1)
+    supernode_main.patch_supernode_polling(0.2)
+    supernode_main.patch_supernode_polling(0.2)  # idempotent
+    for patched in (http_grid.pull_objects, loop.pull_objects):
+        assert patched.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.25}
+        assert patched.func.__name__ == "pull_objects"
