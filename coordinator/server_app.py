@@ -148,7 +148,7 @@ class Federation:
             Message(content=content, dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES, group_id="0")
             for n in node_ids
         ]
-        replies = list(grid.send_and_receive(messages, timeout=NODE_WAIT_S))
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.stage_timeout))
         answers: dict[int, dict[str, Scalar]] = {}
         errors: list[str] = []
         for reply in replies:

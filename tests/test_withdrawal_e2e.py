@@ -56,13 +56,11 @@ class WithdrawWhenRoundTrained(threading.Thread):
                    and s.event.stage == "fit" for s in reader.events_of_kind("usage"))
 
     def run(self) -> None:
+        # Both connections are opened up front, so the withdrawal lands milliseconds after the usage record.
+        reader = Ledger.open(self.config.ledger_url)
+        writer = Ledger.open(self.config.ledger_url, signing_key_path=self.config.ledger_key_path)
         try:
-            while not self.stop.is_set():
-                if Path(self.config.ledger_url.removeprefix("sqlite:///")).exists():
-                    with Ledger.open(self.config.ledger_url) as reader:
-                        while not self.stop.is_set() and not self._trained(reader):
-                            time.sleep(0.02)
-                    break
+            while not self.stop.is_set() and not self._trained(reader):
                 time.sleep(0.05)
             if self.stop.is_set():
                 return
@@ -70,12 +68,13 @@ class WithdrawWhenRoundTrained(threading.Thread):
             events = [make_consent(subject=self.subject, purpose=PURPOSE, category=category, action="withdraw",
                                    effective_at=now, recorded_at=now, source="call-centre", notice_version="2026-01")
                       for category in default_vocabulary().purpose(PURPOSE).data_categories]
-            with Ledger.open(self.config.ledger_url, signing_key_path=self.config.ledger_key_path) as writer:
-                writer.append(events)
+            writer.append(events)
             self.withdrawn_at = now
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
         finally:
+            reader.close()
+            writer.close()
             self.done.set()
 
 
