@@ -2,7 +2,8 @@
 
 Everything is a real process on 127.0.0.1 with free ports: ``flower-superlink`` started by
 ``fedcrm.coordinator.superlink``, one ``fedcrm client join`` per bundled skewed Telco
-partner (each starting its own ``flower-supernode``), and ``flwr run`` submitted by
+partner (each starting its own SuperNode in process-isolation mode and one long-lived
+ClientApp worker), and ``flwr run`` submitted by
 ``run_deployment``. Afterwards no process of the run may be left: every process whose
 environment points Flower's state (``FLWR_HOME``) into this test's directory is found in
 the process table during the run and must be gone after it.
@@ -101,7 +102,7 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
         seen: dict[int, str] = {}
         done = threading.Event()
 
-        def watch() -> None:  # the clientapp processes live for one message each: sample often
+        def watch() -> None:  # the serverapp lives for the run only: sample often
             while not done.is_set():
                 seen.update(flower_processes(tmp_path))
                 time.sleep(0.2)
@@ -142,7 +143,8 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
     assert "partner-config" not in app_config and str(tmp_path / "partners") not in app_config
     # Processes: the scan saw SuperLink, SuperNodes and app processes during the run; none is left.
     commands = " ".join(seen.values())
-    for program in ("flower-superlink", "flower-supernode", "flwr-serverapp", "flwr-clientapp"):
+    for program in ("flower-superlink", "fedcrm.client.supernode_main", "flwr-serverapp",
+                    "fedcrm.client.clientapp_worker"):
         assert program in commands, f"{program} was never seen in the process table"
     assert not flower_processes(tmp_path), flower_processes(tmp_path)
     assert all(not Path(f"/proc/{pid}").exists() or flower_processes(tmp_path).get(pid) is None for pid in seen)
