@@ -231,7 +231,7 @@ def test_malformed_exports_fail_clearly_or_are_read_exactly(key: Path, rows: lis
 
 
 @pytest.mark.slow
-@settings(max_examples=1200, **{**common, "derandomize": False})
+@settings(max_examples=1000, **{**common, "derandomize": False})
 @examples
 def test_malformed_exports_fail_clearly_or_are_read_exactly_many(key: Path, rows: list[tuple[str, ...]],
                                                                  mutations: list[tuple[object, ...]],
