@@ -323,7 +323,7 @@ async def import_csv(
     request: Request,
     ledger: LedgerDep,
     x_filename: Annotated[
-        str, Header(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="Name used in error messages.")
+        str, Header(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$", description="Name used in error messages.")
     ] = "upload.csv",
 ) -> Appended:
     """Import a consent CSV (body ``text/csv``, pseudonyms in a ``subject`` column); all rows or none.
