@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from fedcrm.errors import ExportFormatError
 
 BLOCK_BYTES = 1 << 20
+MAX_LINE_BYTES = 16 << 20
 LINE_COLUMN = "__line__"
 SHOWN_CHARS = 120  # longest value copied into a reject (the rest is elided)
 
@@ -117,6 +118,10 @@ class _Lines:
                 if data:
                     cut = block.rfind(b"\n") + 1
                     if cut == 0:
+                        if len(block) > MAX_LINE_BYTES:  # bounded memory, even for a file without \n
+                            raise ExportFormatError(
+                                f"{self.path}: line {line} is longer than {MAX_LINE_BYTES >> 20} MB: not a CSV "
+                                "with \\n or \\r\\n line endings (old Mac \\r line ends, or a binary file)")
                         rest = block
                         continue
                     block, rest = block[:cut], block[cut:]

@@ -430,3 +430,13 @@ def test_an_unreadable_or_corrupt_export_is_an_error_naming_it(tmp_path: Path) -
     path.write_text(path.read_text().replace('path = "export.csv"', 'path = "export.parquet"'))
     with pytest.raises(ExportFormatError, match=r"export\.parquet: not a readable Parquet file"):
         ingest(load_partner_config(path))
+
+
+def test_a_file_without_line_breaks_is_refused_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcrm.client import export_reader  # noqa: PLC0415
+
+    monkeypatch.setattr(export_reader, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(export_reader, "BLOCK_BYTES", 1024)
+    path = partner(tmp_path, HEADER + b"".join(g.replace(b"\n", b"\r") for g in GOOD) * 20)
+    with pytest.raises(ExportFormatError, match=r"export\.csv: line 2 is longer than 0 MB: not a CSV"):
+        ingest(load_partner_config(path))
