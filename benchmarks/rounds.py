@@ -127,6 +127,8 @@ def round_times(run_dir: Path, t0: float) -> tuple[list[float], list[float], flo
     starts = {int(e["round"]): e["time"] for e in events if e["event"] == "round_start"}
     ends = {int(e["round"]): e["time"] for e in events if e["event"] == "evaluate"}
     walls, since = [], []
+    if 1 not in starts:
+        return [], [], round(time.time() - t0, 3)
     previous = starts[1]
     for k in sorted(ends):
         walls.append(round(ends[k] - previous, 3))
@@ -219,9 +221,7 @@ def run_deployment_setting(work: Path, configs: list[Path], rounds: int, seed: i
             os.environ.pop(POLL_ENV, None)
         else:
             os.environ[POLL_ENV] = previous_poll
-    if not result.succeeded:
-        raise SystemExit(f"{setting}: the run failed: {result.error}")
-    return {"run_dir": result.run_dir, "t0": t0, "total_s": total}
+    return {"run_dir": result.run_dir, "t0": t0, "total_s": total, "error": result.error}
 
 
 def run_simulation_setting(work: Path, configs: list[Path], rounds: int, seed: int) -> dict[str, Any]:
@@ -231,9 +231,7 @@ def run_simulation_setting(work: Path, configs: list[Path], rounds: int, seed: i
     t0 = time.time()
     result = run_federation(_run_config(rounds, seed, f"rounds-simulation-s{seed}"), configs, runs_dir=work / "runs")
     total = time.time() - t0
-    if not result.succeeded:
-        raise SystemExit(f"simulation: the run failed: {result.error}")
-    return {"run_dir": result.run_dir, "t0": t0, "total_s": total}
+    return {"run_dir": result.run_dir, "t0": t0, "total_s": total, "error": result.error}
 
 
 def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> dict[str, Any]:
@@ -248,14 +246,14 @@ def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> 
         out = run_deployment_setting(work / setting, configs, rounds, seed, stock=setting == "deployment_stock")
     load_after = [round(x, 2) for x in os.getloadavg()]
     walls, since, startup = round_times(out["run_dir"], out["t0"])
-    aucs = round_aucs(out["run_dir"], test_config, rounds)
+    aucs = round_aucs(out["run_dir"], test_config, len(walls))
     k = next((i + 1 for i, auc in enumerate(aucs) if auc >= reference - TOLERANCE), None)
     row: dict[str, Any] = {
         "setting": setting, "seed": seed, "rounds": rounds, "aggregation": "secagg", "partners": len(configs),
         "round_wall_s": walls, "round_end_s": since, "startup_s": startup, "total_s": round(out["total_s"], 3),
         "round_roc_auc": aucs, "pooled_lr_roc_auc": round(reference, 6), "rounds_to_quality": k,
         "wall_s_to_quality": since[k - 1] if k else None,
-        "load_before": load_before, "load_after": load_after,
+        "load_before": load_before, "load_after": load_after, "error": out["error"],
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if setting == "deployment":
@@ -264,7 +262,7 @@ def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> 
         row["worker_warm_up_s"] = [_warm_up(p) for p in logs]
     upsert_rows(results, [row], ROW_KEY)
     print(f"  per round {walls} s; ROC AUC {aucs}; to quality: round {k}, "
-          f"{row['wall_s_to_quality']} s", flush=True)
+          f"{row['wall_s_to_quality']} s; error: {out['error']}", flush=True)
     return row
 
 
@@ -292,10 +290,13 @@ def write_report(results: Path, report: Path, img_dir: Path, meta: dict[str, Any
     table = []
     for r in rows:
         later = r["round_wall_s"][1:] or r["round_wall_s"]
-        table.append([LABELS[r["setting"]], r["seed"], fmt_mean_std(r["round_wall_s"], 2), fmt_mean_std(later, 2),
-                      f"{r['startup_s']:.1f}", r["rounds_to_quality"] or "–",
+        done = f"{len(r['round_wall_s'])} of {r['rounds']}"
+        if r.get("error"):
+            done += f" (failed: {r['error'][:120]})"
+        table.append([LABELS[r["setting"]], r["seed"], done, fmt_mean_std(r["round_wall_s"], 2),
+                      fmt_mean_std(later, 2), f"{r['startup_s']:.1f}", r["rounds_to_quality"] or "–",
                       f"{r['wall_s_to_quality']:.1f}" if r["wall_s_to_quality"] else "–",
-                      f"{r['round_roc_auc'][-1]:.4f} / {r['pooled_lr_roc_auc']:.4f}",
+                      f"{r['round_roc_auc'][-1]:.4f} / {r['pooled_lr_roc_auc']:.4f}" if r["round_roc_auc"] else "–",
                       " / ".join(f"{x:.1f}" for x in r["load_before"])])
     lines = [
         "# Round-time benchmark",
@@ -304,7 +305,7 @@ def write_report(results: Path, report: Path, img_dir: Path, meta: dict[str, Any
         f"Telco run config, {meta.get('machine', '')}; other agents shared the 2 cores, so the load average",
         "(1/5/15 min, before each run) is given with every row. All settings ran in one session.",
         "",
-        markdown_table(["setting", "seed", "s per round (all)", "s per round (2nd on)", "s to round 1",
+        markdown_table(["setting", "seed", "rounds done", "s per round (all)", "s per round (2nd on)", "s to round 1",
                         "rounds to pooled LR − 0.005", "s to quality", "final / pooled LR ROC AUC", "load"], table),
         "",
         "*s to round 1*: from the call `fedcrm coordinator run` makes to round 1's start (partners connect, "
@@ -352,6 +353,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
+        if not r["round_wall_s"]:
+            continue
         rounds = np.arange(1, len(r["round_wall_s"]) + 1)
         left.plot(rounds, r["round_wall_s"], marker="o", label=f"{r['setting']} (seed {r['seed']})")
         right.plot(r["round_end_s"], r["round_roc_auc"], marker="o", label=r["setting"])

@@ -1,4 +1,4 @@
-"""``flower-supernode`` with a short idle poll: the one place fedcrm changes Flower's behaviour.
+"""``flower-supernode`` with short polls and retries: the one place fedcrm changes the SuperNode's behaviour.
 
 Why: in flwr 1.41 the SuperNode's main loop sleeps a fixed 3 s whenever the SuperLink has
 no message for it, and 0.5 s between checks for the ClientApp's reply
