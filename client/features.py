@@ -31,10 +31,12 @@ def encode_features(frame: pd.DataFrame, task: TaskSchema, scaling: Scaling) -> 
             raw = frame[feature.name].astype("float64").to_numpy() if present else np.full(n, np.nan)
             blocks.append(np.nan_to_num(raw, nan=0.0)[:, None])
         else:
-            vocab = {v: i for i, v in enumerate(feature.vocabulary)}
-            unseen = len(vocab)
-            values = frame[feature.name].astype("string") if present else pd.Series([pd.NA] * n, dtype="string")
-            idx = np.array([vocab.get(v, unseen) if isinstance(v, str) else unseen for v in values], dtype=np.int64)
+            unseen = len(feature.vocabulary)
+            if present:  # vectorised lookup: code -1 (not in the vocabulary, or missing) is the unseen slot
+                codes = pd.Categorical(frame[feature.name].astype(object), categories=list(feature.vocabulary)).codes
+                idx = np.where(codes < 0, unseen, codes).astype(np.int64)
+            else:
+                idx = np.full(n, unseen, dtype=np.int64)
             onehot = np.zeros((n, feature.width), dtype=np.float64)
             onehot[np.arange(n), idx] = 1.0
             blocks.append(onehot)

@@ -195,8 +195,11 @@ def _consented(config: PartnerConfig, task: TaskSchema, use: UsageContext, at: d
         categories[LABEL] = config.columns[config.label_column].category or ""
     columns = [f.name for f in task.features if f.name in held]  # features only: scoring never asks for the label
     ledger = Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path, origin=f"fedcrm/{config.name}")
+    frame = load_customers(config)
+    # Plain Python strings: pandas' isin on Arrow-backed strings converts every value one by one.
+    frame[SUBJECT] = frame[SUBJECT].astype(object)
     try:
-        return gate(load_customers(config), categories, task.purpose, at, columns, ledger=ledger, use=use,
+        return gate(frame, categories, task.purpose, at, columns, ledger=ledger, use=use,
                     vocabulary=vocabulary_for_gate(config, ledger))
     finally:
         ledger.close()
@@ -245,7 +248,8 @@ def score_partner(config_path: Path, run_dir: Path, out: Path | None = None, *, 
     view = _consented(config, task, use, at)
     table, gap = score_table(view, model, task, scaling, config=config, explain=explain, steps=steps)
     ids = load_id_map(config).drop_duplicates(SUBJECT)
-    keyed = table.merge(ids, on=SUBJECT, how="left", validate="many_to_one")
+    own = pd.Series(ids[CUSTOMER_ID].astype(object).to_numpy(), index=ids[SUBJECT].astype(object).to_numpy())
+    keyed = table.assign(**{CUSTOMER_ID: table[SUBJECT].map(own)})
     if keyed[CUSTOMER_ID].isna().any():
         raise ConfigError(f"{config.work_path}: id map lacks pseudonyms of consented customers; re-run ingestion")
     keyed = keyed[[CUSTOMER_ID, *[c for c in table.columns if c != SUBJECT]]]
