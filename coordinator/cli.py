@@ -39,12 +39,14 @@ def run(
     """Train a federated model (simulation, or a real deployment with --superlink), SecAgg+ on by default."""
     from fedcrm.coordinator.link_security import tls_choice
     from fedcrm.coordinator.run_config import load_run_config
+    from fedcrm.faults import check_fault_for_run
 
     overrides: dict[str, Any] = {"task": task, "rounds": rounds, "aggregation": aggregation, "strategy": strategy,
                                  "architecture": architecture, "seed": seed, "run_id": run_id,
                                  "min_partners": min_partners, "stage_timeout": stage_timeout}
     try:
         cfg = load_run_config(config, overrides)
+        check_fault_for_run(cfg.aggregation)  # a malformed test fault spec is refused before anything else
         if partner and not superlink:  # every partner's problems in one message, before Flower starts
             from fedcrm.coordinator.check import require_preflight
 

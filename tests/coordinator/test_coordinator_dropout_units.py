@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,3 +207,32 @@ def test_registry_counts_completed_rounds_and_records_how_a_run_ended(tmp_path: 
     # A resume from round 1 discards what the killed coordinator recorded of round 2
     resumed = events + [{"event": "resume", "from_round": 1}, {"event": "round_start", "round": 2, "at": "t3"}]
     assert rounds_from_events(resumed)[1] == {"round": 2, "consent_as_of": "t3", "secagg_stages": {}}
+
+
+def test_a_ray_node_that_did_not_start_is_told_apart_from_a_failed_run(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcrm.coordinator.engine import LOG_OFFSET_VAR, ray_failed_to_start
+
+    log = tmp_path / "engine.log"
+    log.write_text("Exception: The current node timed out during startup. This could happen because ...\n")
+    assert ray_failed_to_start(log)
+    monkeypatch.setenv(LOG_OFFSET_VAR, str(log.stat().st_size))  # the next attempt reads only its own part
+    with log.open("a") as handle:
+        handle.write("fedcrm: run failed: round 1 failed at stage 'fit': partner(s) B\n")
+    assert not ray_failed_to_start(log)
+    assert not ray_failed_to_start(tmp_path / "missing.log")
+
+
+def test_coordinator_run_refuses_a_malformed_fault_spec_before_anything_starts(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fedcrm.cli import app
+
+    monkeypatch.setenv(ENV_VAR, "B:fit:1")
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["coordinator", "run", "--task", str(TASK), "--runs-dir", str(tmp_path / "runs"),
+                                      "--partner", str(tmp_path / "a.toml"), "--partner", str(tmp_path / "b.toml")])
+    assert result.exit_code == 1, result.output
+    assert "FEDCRM_FAULT_INJECTION" in result.output and "PARTNER:STAGE:ROUND:ACTION" in result.output
+    assert time.monotonic() - started < 30 and not (tmp_path / "runs").exists(), "nothing may start"
