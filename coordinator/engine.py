@@ -18,6 +18,7 @@ tests/coordinator exercise it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def main(argv: list[str]) -> int:
     if not guard.finishing():  # the run is being abandoned by the parent guard, which exits the process
         while True:
             time.sleep(1.0)
+    if error is not None and ray_failed_to_start(plan_path.parent / "engine.log"):
+        restart_after_failed_ray_start(argv)  # returns only when out of attempts
     if error is not None:
         (plan_path.parent / "failure.txt").write_text(error + "\n")
     tmp = os.environ.get("RAY_TMPDIR")
@@ -139,6 +142,60 @@ def main(argv: list[str]) -> int:
                wall_s=time.monotonic() - started, marker=os.environ.get(MARKER_VAR),
                ray_tmp=Path(tmp) if tmp else None)
     return 0 if error is None else 2
+
+
+RAY_START_ATTEMPTS = 3
+ATTEMPT_VAR = "FEDCRM_ENGINE_ATTEMPT"
+LOG_OFFSET_VAR = "FEDCRM_ENGINE_LOG_OFFSET"
+RAY_START_FAILURES = ("The current node timed out during startup", "Timed out waiting for file")
+
+
+def ray_failed_to_start(engine_log: Path) -> bool:
+    """Whether this attempt failed because Ray's node did not come up (in this attempt's part of the log).
+
+    On a loaded machine Ray's raylet gives up after a fixed wait (30 s for the node, ~15 s for
+    its agent's port file; measured at load averages of 12-20 on 2 cores), before any partner
+    connected. Nothing of the run has happened yet then, so the engine may simply start again.
+    """
+    try:
+        with engine_log.open("rb") as handle:
+            handle.seek(int(os.environ.get(LOG_OFFSET_VAR, "0")))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(marker in text for marker in RAY_START_FAILURES)
+
+
+def restart_after_failed_ray_start(argv: list[str]) -> None:
+    """Stop the failed attempt's Ray processes, clear Ray's temp directory and exec the engine again.
+
+    The process keeps its PID, parent, session and the inherited parent pipe, so the parent
+    guard and the coordinator's supervision carry on. Returns if the attempts are used up.
+    """
+    from fedcrm._offline import write_ray_bootstrap_config
+    from fedcrm.coordinator.lifecycle import copy_ray_logs
+    from fedcrm.coordinator.processes import MARKER_VAR, stop_marked
+
+    attempt = int(os.environ.get(ATTEMPT_VAR, "1"))
+    if attempt >= RAY_START_ATTEMPTS:
+        return
+    plan_path = Path(argv[0])
+    print(f"fedcrm: Ray's node did not start (attempt {attempt} of {RAY_START_ATTEMPTS}); starting the engine again",
+          file=sys.stderr)
+    marker = os.environ.get(MARKER_VAR)
+    if marker:
+        stop_marked(marker, grace_s=3.0)
+    tmp = Path(os.environ["RAY_TMPDIR"])
+    copy_ray_logs(tmp, plan_path.parent / "ray_logs")
+    for entry in tmp.iterdir():
+        if entry.name != "home":
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    write_ray_bootstrap_config(tmp / "home")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[ATTEMPT_VAR] = str(attempt + 1)
+    os.environ[LOG_OFFSET_VAR] = str((plan_path.parent / "engine.log").stat().st_size)
+    os.execv(sys.executable, [sys.executable, "-m", "fedcrm.coordinator.engine", *argv])
 
 
 def _fedcrm_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

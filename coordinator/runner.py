@@ -115,6 +115,11 @@ def run_planned(plan: RunPlan, plan_path: Path, partners: list[str], *,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
+        # On a loaded machine Ray's raylet gives up waiting for its own agents and crashes (the
+        # node then "timed out during startup"): give them longer. The engine also retries a
+        # failed Ray start (fedcrm.coordinator.engine.restart_after_failed_ray_start).
+        "RAY_agent_register_timeout_ms": "180000",
+        "RAY_raylet_start_wait_time_s": "180",
     })
     write_ray_bootstrap_config(ray_tmp / "home")
     (run_dir / "status.json").unlink(missing_ok=True)  # the engine writes this segment's status
