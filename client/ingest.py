@@ -163,11 +163,12 @@ def _parse_date(values: pd.Series, config: PartnerConfig) -> pd.Series:
         todo = parsed.isna()
         if not todo.any():
             break
-        found = pd.to_datetime(text[todo], format=fmt, errors="coerce")
-        parsed[todo] = found.astype("datetime64[us]") if found.dtype.kind == "M" else found
+        aware = "%z" in fmt or "%Z" in fmt  # offsets may differ row to row: compare in UTC
+        found = pd.to_datetime(text[todo], format=fmt, errors="coerce", utc=aware)
+        if aware:
+            found = found.dt.tz_convert(None)
+        parsed[todo] = found.astype("datetime64[us]")
     return parsed
-
-
 
 
 def _date_bounds(spec: ColumnSpec, config: PartnerConfig) -> tuple[date, date]:

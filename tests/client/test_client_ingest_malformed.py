@@ -440,3 +440,14 @@ def test_a_file_without_line_breaks_is_refused_in_bounded_memory(tmp_path: Path,
     path = partner(tmp_path, HEADER + b"".join(g.replace(b"\n", b"\r") for g in GOOD) * 20)
     with pytest.raises(ExportFormatError, match=r"export\.csv: line 2 is longer than 0 MB: not a CSV"):
         ingest(load_partner_config(path))
+
+
+def test_dates_with_differing_utc_offsets_are_read_in_utc(tmp_path: Path) -> None:
+    data = HEADER + row(0, since="2024-01-01T10:00:00+0100") + row(1, since="2024-01-01T10:00:00+0200") + row(
+        2, since="2024-01-01")
+    path = partner(tmp_path, data, source_extra='date_formats = ["%Y-%m-%dT%H:%M:%S%z"]')
+    report = ingest(load_partner_config(path))
+    assert rejects_of(path) == [["4", "since", "2024-01-01",
+                                 "date not in formats ['%Y-%m-%dT%H:%M:%S%z']: '2024-01-01'"]]
+    assert pd.read_parquet(report.outputs["customers"])["since"].tolist() == [
+        pd.Timestamp("2024-01-01 09:00"), pd.Timestamp("2024-01-01 08:00")]
