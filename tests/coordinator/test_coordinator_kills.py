@@ -125,7 +125,7 @@ def _assert_killed_cleanly(run_dir: Path, ray_tmps: set[str]) -> dict:
     return status
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_sigint_ends_the_run_cleanly(partners: list[Path], tmp_path: Path, sig: signal.Signals) -> None:
     run_dir, code, ray_tmps = _kill_after_round(partners, tmp_path, f"kill-{sig.name}", sig)
     assert code == (143 if sig == signal.SIGTERM else 130), code

@@ -56,7 +56,7 @@ COORDINATOR = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_a_killed_coordinator_leaves_no_process_and_a_closed_run_directory(tmp_path: Path, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
