@@ -80,7 +80,7 @@ class ConsentEvent(_Event):
     @field_validator("subject")
     @classmethod
     def _is_pseudonym(cls, value: str) -> str:
-        if value != ERASED and not _PSEUDONYM.match(value):
+        if value != ERASED and not _PSEUDONYM.fullmatch(value):  # match() with $ lets a trailing newline through
             # Refusing anything but a pseudonym keeps raw customer ids out of the log.
             raise ValueError("subject must be a pseudonym '<8 hex key id>:<hex HMAC>', never a raw id")
         return value

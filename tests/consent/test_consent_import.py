@@ -250,3 +250,10 @@ def test_reimporting_a_file_is_refused_naming_the_line_and_the_logged_entry(ledg
     with pytest.raises(DuplicateReceipt, match="'rcpt-1'"):
         import_consents(ledger, write(tmp_path, [GOOD_ROWS[1]]), pseudonymise=pseudo)
     assert ledger.verify().ok
+
+
+def test_a_pseudonym_with_a_trailing_newline_is_not_a_pseudonym() -> None:
+    # re.match with '$' accepts "…\n"; a subject must be exactly '<key id>:<hex>'.
+    with pytest.raises(ConsentImportError, match="^subject: .*pseudonym"):
+        make_consent(subject=pseudo("a") + "\n", purpose="churn_prediction", category="user", action="withdraw",
+                     source="web", notice_version="v1")
