@@ -257,6 +257,9 @@ def subject(
     if json_out is not None:
         json_out.write_text(answer.model_dump_json(indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}")
+    if not answer.log_verifies:
+        raise _fail(f"the consent log does not verify, so this answer cannot be trusted: {answer.verification}")
+    console.print(f"log verifies: {answer.verification}")
 
 
 @app.command()

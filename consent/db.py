@@ -201,13 +201,14 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
     entries and payloads to indexes below it (the gate's read). Heads are read lazily.
     """
     e, p, h = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
-    streaming = conn.execution_options(yield_per=_STREAM)
+    # yield_per on each statement, not on the connection: Connection.execution_options changes the
+    # connection itself, and the gate writes on this one (server-side cursors cannot executemany).
     eq = select(e.c.idx, e.c.public_json, e.c.leaf_hash, e.c.kind, e.c.fingerprint).order_by(e.c.idx)
     pq = select(p.c.idx, p.c.field, p.c.salt, p.c.value).order_by(p.c.idx, p.c.field)
     if upto is not None:
         eq, pq = eq.where(e.c.idx < upto), pq.where(p.c.idx < upto)
-    entries = streaming.execute(eq)
-    payloads = streaming.execute(pq)
+    entries = conn.execute(eq.execution_options(yield_per=_STREAM))
+    payloads = conn.execute(pq.execution_options(yield_per=_STREAM))
 
     def rows() -> Iterator[LeafRow]:
         pay_iter = iter(payloads)
@@ -222,7 +223,7 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
 
     def heads() -> Iterator[HeadRow]:
         q = select(h.c.size, h.c.root_hash, h.c.note, h.c.frontier).order_by(h.c.size)
-        for size, root, note, frontier in streaming.execute(q):
+        for size, root, note, frontier in conn.execute(q.execution_options(yield_per=_STREAM)):
             yield HeadRow(size, root, note, frontier)
 
     return rows(), heads()

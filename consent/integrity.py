@@ -199,7 +199,7 @@ class LogFacts:
                                         "edited or deleted")
             return None
 
-        for fp, member in conn.execution_options(yield_per=20_000).execute(q):
+        for fp, member in conn.execute(q.execution_options(yield_per=20_000)):
             if fp != current:
                 problem = close()
                 if problem:

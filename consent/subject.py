@@ -89,6 +89,9 @@ class SubjectReport(_Out):
     uses: tuple[UseEntry, ...]
     jobs: tuple[JobUse, ...]
     statement: str
+    #: Whether the whole log (and every derived table this answer reads) verified when it was made.
+    log_verifies: bool | None = None
+    verification: str = ""
 
 
 def split_version(model_version: str) -> tuple[str, int | str | None]:
@@ -148,8 +151,15 @@ def _job(job_id: str, all_uses: Sequence[tuple[int, UsageEvent]], included: set[
     )
 
 
-def subject_report(ledger: Ledger, subject: str) -> SubjectReport:
-    """Consent history, uses and per-job model versions for one pseudonym (all its aliases)."""
+def subject_report(ledger: Ledger, subject: str, *, verify: bool = True) -> SubjectReport:
+    """Consent history, uses and per-job model versions for one pseudonym (all its aliases).
+
+    The answer reads subject-set rows and rotation mappings, which live outside the tree;
+    with ``verify`` (the default) the whole log is verified first, derived tables included,
+    and the answer says whether it did (``log_verifies``): an answer from a log that does
+    not verify must not be trusted.
+    """
+    checked = ledger.verify() if verify else None
     size = ledger.tree_size()
     pseudonyms = tuple(ledger.resolve(subject))
     consents = []
@@ -177,4 +187,6 @@ def subject_report(ledger: Ledger, subject: str) -> SubjectReport:
         ),
         jobs=tuple(_job(j, by_job[j], included) for j in jobs),
         statement=PAST_INFLUENCE,
+        log_verifies=None if checked is None else checked.ok,
+        verification="" if checked is None else checked.message,
     )
