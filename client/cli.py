@@ -32,6 +32,7 @@ def ledger_origin(name: str) -> str:
 def init(config: Path = ConfigOpt) -> None:
     """Create the partner's secret pseudonymisation key (mode 0600), its consent ledger and its SuperNode key pair."""
     from fedcrm.client.config import load_partner_config
+    from fedcrm.client.keys import refuse_new_key_on_used_ledger
     from fedcrm.client.pseudonymise import create_key
     from fedcrm.consent.checkpoint import generate_signing_key
     from fedcrm import node_keys
@@ -39,6 +40,7 @@ def init(config: Path = ConfigOpt) -> None:
 
     try:
         cfg = load_partner_config(config)
+        refuse_new_key_on_used_ledger(cfg)  # a new key on a used ledger would orphan every receipt
         key_id = create_key(cfg.key_path)
         if not cfg.ledger_key_path.exists():
             generate_signing_key(cfg.ledger_key_path)
@@ -92,6 +94,7 @@ def status(config: Path = ConfigOpt) -> None:
     """Show the partner's key, ledger, ingested data and egress journal."""
     from fedcrm.client.config import load_partner_config
     from fedcrm.client.ingest import CUSTOMERS_FILE
+    from fedcrm.client.keys import orphaned_receipts
     from fedcrm.client.pseudonymise import key_id, load_key
     from fedcrm.consent.ledger import Ledger
 
@@ -101,19 +104,31 @@ def status(config: Path = ConfigOpt) -> None:
         ledger = Ledger.open(cfg.ledger_url)
         head = ledger.latest_checkpoint()
         report = ledger.verify()
+        orphaned = orphaned_receipts(ledger, key_id(key)) if report.ok else None
         ledger.close()
     except FedcrmError as exc:
         raise fail(exc) from exc
+    if not report.ok:
+        verdict = f"[bold red]NO[/] ({report.message})"
+    elif orphaned:
+        # A ledger whose receipts no longer reach any customer does not do its job, however intact.
+        verdict = (f"[bold red]NO[/] ({sum(orphaned.values())} receipt(s) under key id(s) {', '.join(sorted(orphaned))} "
+                   f"that no logged rotation maps to the current key {key_id(key)}: orphaned. Restore that key "
+                   "from backup, then rotate with `fedcrm client rotate-key`)")
+    else:
+        verdict = "yes"
     table = Table(title=f"Partner {cfg.name}", show_header=False)
     table.add_row("key id", key_id(key))
     table.add_row("key file mode", oct(cfg.key_path.stat().st_mode & 0o777))
-    table.add_row("consent ledger", f"{cfg.ledger_url} — size {head.size}, verifies: {report.ok}")
+    table.add_row("consent ledger", f"{cfg.ledger_url} — size {head.size}, verifies: {verdict}")
     customers = cfg.work_path / CUSTOMERS_FILE
     table.add_row("ingested table", str(customers) if customers.exists() else "not ingested yet")
     journal = cfg.work_path / "egress" / "journal.jsonl"
     sent = len(journal.read_text().splitlines()) if journal.exists() else 0
     table.add_row("messages sent (egress journal)", str(sent))
     console.print(table)
+    if verdict != "yes":
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -172,11 +187,12 @@ def merge(
 
 
 # Commands kept in their own modules (one job each): approve tasks, join a run, score, analytics.
-from fedcrm.client import cli_approve, cli_check, cli_join, cli_score  # noqa: E402
+from fedcrm.client import cli_approve, cli_check, cli_join, cli_keys, cli_score  # noqa: E402
 from fedcrm.client.cli_analytics import register as register_analytics  # noqa: E402
 
-cli_join.register(app)
-cli_score.register(app)
 cli_approve.register(app)
 cli_check.register(app)
+cli_join.register(app)
+cli_keys.register(app)
+cli_score.register(app)
 register_analytics(app)

@@ -1,4 +1,4 @@
-"""`fedcrm consent verify | key export | export`: check, publish and export the consent log.
+"""`fedcrm consent verify | key export | export | erase`: check, publish, export the log; erase a subject.
 
 Engineer-facing entry: :func:`register` adds these commands to the ``consent`` Typer app.
 The ledger is named by ``--ledger`` (a SQLAlchemy URL or a path to a SQLite .db file)
@@ -144,10 +144,54 @@ def export(
     console.print(f"wrote {out}: {head.size} entries, signed head of {head.origin}")
 
 
+def erase(
+    subject: Annotated[str | None, typer.Option("--subject", help="The customer's pseudonym '<key_id>:<hex>'.")] = None,
+    customer_id: Annotated[
+        str | None, typer.Option("--customer-id", help="The raw customer id, pseudonymised here with --partner-key.")
+    ] = None,
+    partner_key: Annotated[
+        Path | None, typer.Option("--partner-key", dir_okay=False, help="The partner's pseudonymisation key file.")
+    ] = None,
+    request_id: Annotated[str, typer.Option("--request-id", help="Your reference of the erasure request.")] = "consent-cli",
+    ledger: LedgerOpt = None,
+    signing_key: Annotated[
+        Path | None, typer.Option("--signing-key", dir_okay=False, help="The ledger's Ed25519 signing key (PEM).")
+    ] = None,
+    partner_dir: Annotated[
+        Path | None, typer.Option("--partner-dir", file_okay=False, help="Uses DIR/consent.db and DIR/ledger.key.")
+    ] = None,
+) -> None:
+    """Erase a subject's personal data from the ledger, as a logged erasure entry (the log still verifies).
+
+    Objections and withdrawals made before stay in force: the subject's pseudonyms are
+    never let through the gate again. The partner's ingested tables are not touched here:
+    on the partner machine run `fedcrm client erase --config P --customer-id RAW`, which
+    does both.
+    """
+    from fedcrm.consent.cli import _subject, open_ledger  # noqa: PLC0415 (cli imports this module)
+
+    console = Console()
+    who = _subject(subject, customer_id, partner_key)
+    try:
+        with open_ledger(ledger, signing_key, partner_dir, write=True) as led:
+            done = led.erase_subject(who, request_id=request_id)
+    except FedcrmError as exc:
+        raise _fail(console, str(exc)) from None
+    table = Table(title=f"erasure {request_id} logged", show_header=False)
+    table.add_row("erasure entry", f"#{done.index}")
+    table.add_row("consent receipts emptied", str(done.payloads))
+    table.add_row("usage subject sets updated", str(done.subject_sets))
+    table.add_row("rotation mappings removed", str(done.rotation_rows))
+    table.add_row("pseudonyms suppressed", str(done.pseudonyms))
+    table.add_row("signed tree head", f"size {done.checkpoint.size}")
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``verify``, ``key export`` and ``export`` to a Typer app (the ``consent`` group)."""
+    """Add ``verify``, ``key export``, ``export`` and ``erase`` to a Typer app (the ``consent`` group)."""
     app.command("verify")(verify)
     app.command("export")(export)
+    app.command("erase")(erase)
     key_app = typer.Typer(no_args_is_help=True, help="The ledger's signing key.")
     key_app.command("export")(key_export)
     app.add_typer(key_app, name="key")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, or_, select
 
 from fedcrm.consent import checkpoint as cp
@@ -26,7 +27,7 @@ from fedcrm.errors import LedgerIntegrityError
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
 
-__all__ = ["ErasureResult", "erase_subject"]
+__all__ = ["Erased", "ErasureRequest", "ErasureResult", "erase_subject"]
 
 _E, _P, _S, _K = LogEntry.__table__, PersonalPayload.__table__, SubjectSetMember.__table__, KeyRotation.__table__
 _CHUNK = 5000
@@ -42,6 +43,30 @@ class ErasureResult:
     rotation_rows: int
     pseudonyms: int
     checkpoint: cp.Checkpoint
+
+
+class ErasureRequest(BaseModel):
+    """Body of ``POST /subjects/{pseudonym}/erasure``."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$",
+                            description="Your reference of the erasure request (logged; no personal data)")
+
+
+class Erased(BaseModel):
+    """What an erasure removed, and the entry that logs it."""
+
+    index: int
+    payloads: int
+    subject_sets: int
+    rotation_rows: int
+    pseudonyms: int
+    tree_size: int
+
+    @classmethod
+    def of(cls, done: ErasureResult) -> Erased:
+        return cls(index=done.index, payloads=done.payloads, subject_sets=done.subject_sets,
+                   rotation_rows=done.rotation_rows, pseudonyms=done.pseudonyms, tree_size=done.checkpoint.size)
 
 
 def _chunks(items: list[str]) -> list[list[str]]:
