@@ -24,6 +24,11 @@ app.add_typer(certs_app, name="certs", help="TLS certificates: CA, server and cl
 app.command("demo", help="End-to-end demo on the bundled Telco partners.")(demo_command)
 app.command("partition", help="Split a data set into partner organisations (IID, skewed, many).")(partition_command)
 
+# `fedcrm up` / `fedcrm down`: the deployment topology as processes on one machine.
+from fedcrm.coordinator import cli_local  # noqa: E402
+
+cli_local.register(app)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()
