@@ -102,15 +102,16 @@ def reason_columns(frame: pd.DataFrame, attributions: np.ndarray, task: TaskSche
     ranked[:, usable] = attributions[:, usable]
     top = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
     own_names = np.array([held.get(f.name, f.name) for f in task.features], dtype=object)
-    shown = np.empty((len(frame), len(task.features)), dtype=object)
-    for j in usable:
-        feature = task.features[j]
-        spec = config.columns[held[feature.name]]
-        shown[:, j] = _display(frame[feature.name], feature.type, spec.value_map)
     rows = np.arange(len(frame))
     out = pd.DataFrame(index=frame.index)
     for i in range(k):
+        shown = np.empty(len(frame), dtype=object)
+        for j in np.unique(top[:, i]):  # format only the values that are shown
+            hit = top[:, i] == j
+            feature = task.features[j]
+            spec = config.columns[held[feature.name]]
+            shown[hit] = _display(frame[feature.name][hit], feature.type, spec.value_map)
         out[f"reason_{i + 1}_column"] = own_names[top[:, i]]
-        out[f"reason_{i + 1}_value"] = shown[rows, top[:, i]]
+        out[f"reason_{i + 1}_value"] = shown
         out[f"reason_{i + 1}_effect"] = attributions[rows, top[:, i]].round(4)
     return out
