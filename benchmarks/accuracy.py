@@ -16,6 +16,11 @@ bundled partners (initialised with ``fedcrm client init``'s own code):
   minimum-necessary use.
 
 Everything is evaluated on the data set's common test set (customers no partner holds).
+
+A consortium's own test federation runs the same comparison with ``--federation ROOT --task T
+--run-config R``: ``ROOT/<split>/<partner>/partner.toml`` for each split and
+``ROOT/common_test/partner.toml`` (``--test-dir``) for the test set; results then go under
+``benchmarks/results/raw/`` unless ``--results``/``--report`` say otherwise.
 Rows go to ``benchmarks/results/accuracy.json`` after every measurement; the test-set
 scores go to ``benchmarks/results/raw/accuracy-scores/`` for the paired bootstrap; the
 report (``docs/benchmarks.md`` and ``docs/img/accuracy_*.png``) is written at the end, or
@@ -92,6 +97,22 @@ DATASETS: dict[str, DatasetSpec] = {
         variants={"with_gender": DATA_ROOT / "tasks" / "telco_churn_with_gender.yaml"},
     ),
 }
+
+
+def federation_spec(root: Path, task: Path, run_config: Path, test_dir: str = "common_test") -> DatasetSpec:
+    """A DatasetSpec for any task and partner set laid out as ``root/<split>/<partner>/partner.toml``."""
+    root, task, run_config = root.resolve(), task.resolve(), run_config.resolve()
+    for path in (task, run_config, root / test_dir / "partner.toml"):
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (a federation needs its task, run config and common test set)")
+    load_task_schema(task)  # a broken task schema stops here, naming the file and field
+    splits = tuple(sorted(
+        d.name for d in root.iterdir()
+        if d.is_dir() and d.name != test_dir and sum((p / "partner.toml").is_file() for p in d.iterdir()) >= 2))
+    if not splits:
+        raise SystemExit(f"{root}: no split directory with at least two partner directories (<split>/<partner>/"
+                         "partner.toml)")
+    return DatasetSpec(partner_root=root, task=task, run_config=run_config, splits=splits, test_dir=test_dir)
 
 
 @dataclass
@@ -295,7 +316,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-dir", type=Path, default=None, help="plots (default docs/img)")
     p.add_argument("--resamples", type=int, default=2000, help="paired-bootstrap resamples")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from saved rows and scores")
+    p.add_argument("--federation", type=Path, default=None,
+                   help="any partner set: ROOT/<split>/<partner>/partner.toml plus ROOT/common_test (with --task, "
+                        "--run-config)")
+    p.add_argument("--task", type=Path, default=None, help="with --federation: the task schema")
+    p.add_argument("--run-config", type=Path, default=None, help="with --federation: the run config")
+    p.add_argument("--test-dir", default="common_test", help="with --federation: the common test set's directory")
+    p.add_argument("--name", default="custom", help="with --federation: the data set's name in rows and plots")
     args = p.parse_args(argv)
+    if args.federation is not None:
+        if args.task is None or args.run_config is None:
+            p.error("--federation needs --task and --run-config")
+        DATASETS[args.name] = federation_spec(args.federation, args.task, args.run_config, args.test_dir)
+        args.datasets = [args.name]
+        args.results = args.results or RAW / f"accuracy-{args.name}.json"
+        args.report = args.report or RAW / f"benchmarks-{args.name}.md"
+        args.img_dir = args.img_dir or RAW / f"img-{args.name}"
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else list(DEFAULT_SEEDS))
     args.rounds = args.rounds or (3 if quick else DEFAULT_ROUNDS)
