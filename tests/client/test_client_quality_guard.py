@@ -108,3 +108,17 @@ def test_the_telco_template_bounds_every_number_realistically(tmp_path: Path) ->
         assert spec.max <= 30 * observed.max(), f"{column}: max {spec.max} lets implausible values through"
         bounded += 1
     assert bounded == 3
+
+
+def test_the_quality_command_reports_values_outside_the_task_vocabulary(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedcrm.client.cli import app
+
+    task = tmp_path / "task.yaml"
+    task.write_text("name: t\nversion: '1'\npurpose: churn_prediction\nlabel: {name: y, positive_value: '1'}\n"
+                    "features:\n- {name: plan, type: categorical, vocabulary: [Basic, Premium]}\n")
+    config = _partner(tmp_path, Counter(Male=100), Counter(Basic=60, Premium=30, Gold=10))
+    result = CliRunner().invoke(app, ["quality", "--config", str(config), "--task", str(task)])
+    assert result.exit_code == 0, result.output
+    assert "outside_task_vocabulary" in result.output
