@@ -32,7 +32,12 @@ LOOPBACK = "127.0.0.1"
 #: interface (``*:PORT``, measured with ``ss -ltnp``). With this flag off (Ray's own setting
 #: for single-machine clusters, the default on macOS/Windows) the node IP stays loopback and
 #: every Ray server binds 127.0.0.1 (measured).
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # The raylet aborts ("Check failed" in WaitForDashboardAgentPorts) when its agents take longer
+    # than this to report their ports; on a loaded 2-core machine they took 30 s+ (seen in tests).
+    "RAY_agent_register_timeout_ms": "180000",
+}
 
 
 def write_app_dir(run_dir: Path, plan_path: Path, partner_configs: list[Path], client_ref: str) -> Path:
