@@ -94,6 +94,9 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
             # (with RAY_LOOPBACK_ENV set, this one is kept as given): keep the cluster on loopback.
             "_node_ip_address": LOOPBACK,
             "dashboard_host": LOOPBACK,
+            # Ray's dashboard head always takes 8265 unless told otherwise: two runs on one machine
+            # (measured: tests of several sessions at once) then fight over it while Ray starts.
+            "dashboard_port": _free_loopback_port(),
         },
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
     }
@@ -110,6 +113,15 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
         server_app_context=server_context,
         is_app=True,
     )
+
+
+def _free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str]) -> int:
