@@ -19,7 +19,7 @@ from tests.federation import copy_partners, run
 
 pytestmark = pytest.mark.slow
 
-FAST = {"rounds": 3, "local_epochs": 1, "architecture": "logistic", "stage_timeout": 120.0}
+FAST = {"rounds": 3, "local_epochs": 1, "architecture": "logistic"}
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from tests.federation import TELCO_TASK, copy_partners, run
 pytestmark = pytest.mark.slow
 
 DETERMINISTIC = {"batch_size": 0, "optimizer": "sgd", "learning_rate": 0.1, "local_epochs": 1,
-                 "project_params": False, "architecture": "logistic", "stage_timeout": 120.0}
+                 "project_params": False, "architecture": "logistic"}
 ROUNDS = 3
 
 
