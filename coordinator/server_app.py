@@ -140,7 +140,7 @@ class Federation:
 
     # -- round 0 ---------------------------------------------------------------------------
     def query(
-        self, grid: Grid, node_ids: list[int], config: dict[str, Any], stage: str
+        self, grid: Grid, node_ids: list[int], config: dict[str, Any], stage: str, timeout: float
     ) -> dict[int, dict[str, Scalar]]:
         """Send a legacy get_properties message to every node; fail naming anyone who did not answer."""
         content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config=dict(config)))
@@ -148,7 +148,7 @@ class Federation:
             Message(content=content, dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES, group_id="0")
             for n in node_ids
         ]
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.stage_timeout))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         answers: dict[int, dict[str, Scalar]] = {}
         errors: list[str] = []
         for reply in replies:
@@ -169,14 +169,18 @@ class Federation:
     def handshake(self, grid: Grid) -> list[int]:
         """Wait for every partner and learn which node is which (also the first step of a resume)."""
         node_ids = wait_for_nodes(grid, self.plan.num_partners, self.cfg.connect_timeout)
-        hello = self.query(grid, node_ids, HelloOrder(run_id=self.plan.run_id).to_config(), "hello")
+        # The first message also starts each partner's ClientApp (imports, warm-up): it may take as long as
+        # connecting or as a stage, whichever is longer.
+        wait = max(self.cfg.connect_timeout, self.cfg.stage_timeout)
+        hello = self.query(grid, node_ids, HelloOrder(run_id=self.plan.run_id).to_config(), "hello", wait)
         self.node_names.update({n: HelloReply.from_config(a).partner for n, a in hello.items()})
         self.recorder.event("partners", partners=sorted(self.node_names.values()))
         return node_ids
 
     def statistics(self, grid: Grid, node_ids: list[int]) -> None:
         """The federated statistics round: scaling, and partner sizes for SecAgg+ max_weight."""
-        answers = self.query(grid, node_ids, StatisticsOrder(**self._task_fields(0)).to_config(), "stats")
+        answers = self.query(grid, node_ids, StatisticsOrder(**self._task_fields(0)).to_config(), "stats",
+                             self.cfg.stage_timeout)
         cells = {}
         for node, answer in answers.items():
             name = self.node_names[node]
