@@ -27,7 +27,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from fedcrm.asgi import AccessLog, BodyLimit
-from fedcrm.consent.erasure import Erased, ErasureRequest
 from fedcrm.consent.events import _PSEUDONYM
 from fedcrm.consent.ledger import Ledger
 from fedcrm.consent.records import (
@@ -63,6 +62,8 @@ MAX_IMPORT_BYTES = 20 * 1024 * 1024
 #: Log indexes and sizes are signed 64-bit in the database; larger values are refused (422), not a 500.
 MAX_INDEX = 2**63 - 1
 _PSEUDONYM_PATTERN = _PSEUDONYM.pattern
+_VOCAB_PURPOSES = sorted(default_vocabulary().purposes)
+_VOCAB_CATEGORIES = sorted(default_vocabulary().categories)
 log = get_logger("fedcrm.consent.api")
 
 
@@ -130,11 +131,13 @@ class ConsentRequest(_Model):
         json_schema_extra={"pattern": _PSEUDONYM_PATTERN},
         description="Pseudonym '<key_id>:<hex>', never a raw customer id.",
     )
-    purpose: StrictStr = Field(min_length=1, max_length=200)
+    # The vocabulary's keys are named in the schema (clients and fuzzers see what is accepted); the
+    # vocabulary itself still decides, with its own messages.
+    purpose: StrictStr = Field(min_length=1, max_length=200, json_schema_extra={"enum": _VOCAB_PURPOSES})
     action: Literal["grant", "withdraw"]
-    categories: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
-        None, max_length=100, description="Default: every category of the purpose."
-    )
+    categories: list[
+        Annotated[StrictStr, Field(min_length=1, max_length=200, json_schema_extra={"enum": _VOCAB_CATEGORIES})]
+    ] | None = Field(None, max_length=100, description="Default: every category of the purpose.")
     legal_basis: Literal["consent", "contract", "legitimate_interest"] | None = None
     # Timestamps arrive as JSON strings, so only they are parsed leniently (ISO-8601 with a zone).
     effective_at: Annotated[UtcTime | None, Field(strict=False)] = None
@@ -348,16 +351,6 @@ def subject(
 ) -> SubjectReport:
     """A subject's consent history, every use of their data, and what withdrawal did and did not undo."""
     return subject_report(ledger, pseudonym)
-
-
-@subjects.post("/{pseudonym}/erasure", status_code=201, dependencies=[Writer])
-def erase(
-    pseudonym: Annotated[str, PathParam(pattern=_PSEUDONYM_PATTERN, description="'<key_id>:<hex>'")],
-    body: ErasureRequest,
-    ledger: LedgerDep,
-) -> Erased:
-    """Erase a subject's personal data as a logged erasure entry; earlier objections stay in force for good."""
-    return Erased.of(ledger.erase_subject(pseudonym, request_id=body.request_id))
 
 
 @audit.get(

@@ -102,7 +102,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: ConsentServer
 
 @pytest.mark.slow
 def test_schemathesis_big_run_finds_no_5xx_and_no_schema_violation(server: ConsentServer, tmp_path: Path) -> None:
-    _fuzz(server, tmp_path, max_examples=1000)
+    _fuzz(server, tmp_path, max_examples=500)
 
 
 def test_an_oversized_stream_is_refused_before_it_is_read_whole(server: ConsentServer) -> None:
