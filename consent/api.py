@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from fedcrm.asgi import AccessLog, BodyLimit
+from fedcrm.consent.erasure import Erased, ErasureRequest
 from fedcrm.consent.events import _PSEUDONYM
 from fedcrm.consent.ledger import Ledger
 from fedcrm.consent.records import (
@@ -351,6 +352,16 @@ def subject(
 ) -> SubjectReport:
     """A subject's consent history, every use of their data, and what withdrawal did and did not undo."""
     return subject_report(ledger, pseudonym)
+
+
+@subjects.post("/{pseudonym}/erasure", status_code=201, dependencies=[Writer])
+def erase(
+    pseudonym: Annotated[str, PathParam(pattern=_PSEUDONYM_PATTERN, description="'<key_id>:<hex>'")],
+    body: ErasureRequest,
+    ledger: LedgerDep,
+) -> Erased:
+    """Erase a subject's personal data as a logged erasure entry; earlier objections stay in force for good."""
+    return Erased.of(ledger.erase_subject(pseudonym, request_id=body.request_id))
 
 
 @audit.get(
