@@ -201,7 +201,18 @@ def _check_values(config: PartnerConfig, task: TaskSchema | None, values: pd.Dat
     features = {f.name: f for f in task.features} if task else {}
     for feature, column in config.feature_columns().items():
         spec = config.columns[column]
-        if column not in values or feature not in features:
+        if feature not in features:
+            continue
+        if spec.generalise is not None:  # the feature's values are the bands' labels, not the raw numbers
+            bands = spec.generalise.labels or [f"{lo:g}-{hi:g}" for lo, hi in
+                                               zip(spec.generalise.bins[:-1], spec.generalise.bins[1:], strict=True)]
+            vocab = features[feature].vocabulary
+            outside = [b for b in bands if vocab and b not in vocab]
+            if outside:
+                report.add("values", "error", f"[columns.{column}].generalise labels {outside} are not in the "
+                           f"vocabulary of task feature '{feature}' {list(vocab)}", column)
+            continue
+        if column not in values:
             continue
         present = values[column].dropna()
         if spec.type == "boolean":

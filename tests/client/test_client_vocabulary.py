@@ -240,3 +240,21 @@ def load_vocabulary_messages(path: Path) -> list[str]:
     with pytest.raises(VocabularyError) as err:
         load_vocabulary(path)
     return str(err.value).splitlines()
+
+
+def test_generalised_bands_are_checked_against_the_task_vocabulary(insurer) -> None:  # noqa: ANN001
+    config, task = insurer
+    _write_config(config, with_vocabulary=True)
+    bands = ('type = "integer"\ngeneralise = { bins = [18, 30, 50, 65, 120], '
+             'labels = ["18-29", "30-49", "50-64", "{last}"] }')
+    text = config.read_text().replace('type = "categorical"\ncategory = "user.demographic.age_range"',
+                                      bands + '\ncategory = "user.demographic.age_range"')
+    assert text != config.read_text()
+    export = pd.read_csv(config.parent / "policies.csv")
+    export["AgeBand"] = np.random.default_rng(1).integers(18, 90, len(export))
+    export.to_csv(config.parent / "policies.csv", index=False)
+    config.write_text(text.replace("{last}", "65+"))
+    assert not [f for f in check_partner(config, task).errors if f.kind == "values"]
+    config.write_text(text.replace("{last}", "65-119"))
+    (finding,) = [f for f in check_partner(config, task).errors if f.kind == "values"]
+    assert "['65-119']" in finding.message and "age_band" in finding.message
