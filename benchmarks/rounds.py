@@ -137,6 +137,20 @@ def round_times(run_dir: Path, t0: float) -> tuple[list[float], list[float], flo
     return walls, since, round(starts[1] - t0, 3)
 
 
+def stage_times(run_dir: Path) -> list[list[Any]]:
+    """[round, stage, seconds since the previous stage ended] for every SecAgg+ stage and evaluation."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line]
+    out, previous = [], None
+    for e in events:
+        if e["event"] == "round_start":
+            previous = e["time"]
+        elif e["event"] in ("secagg_stage", "evaluate", "dropout") and previous is not None:
+            stage = e.get("stage", "evaluate") if e["event"] != "dropout" else f"{e.get('stage')} (dropout)"
+            out.append([int(e["round"]), stage, round(e["time"] - previous, 2)])
+            previous = e["time"]
+    return out
+
+
 def worker_breakdown(partner_dirs: list[Path], rounds: int) -> list[dict[str, float]]:
     """Per round: the slowest partner's work by step, its task handling, from the workers' journals."""
     per_round: list[dict[str, float]] = [dict() for _ in range(rounds)]
@@ -254,6 +268,7 @@ def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> 
         "round_roc_auc": aucs, "pooled_lr_roc_auc": round(reference, 6), "rounds_to_quality": k,
         "wall_s_to_quality": since[k - 1] if k else None,
         "load_before": load_before, "load_after": load_after, "error": out["error"],
+        "stage_s": stage_times(out["run_dir"]),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if setting == "deployment":
@@ -316,9 +331,13 @@ def write_report(results: Path, report: Path, img_dir: Path, meta: dict[str, Any
     if dep is not None:
         lines += ["", "## Where a deployment round's time goes", "",
                   "From the ClientApp workers' task journals (the busiest partner of each round): partner work by "
-                  "step, ClientApp task handling through the SuperNode's Runtime API (pull task + message, push "
-                  "reply), and the rest of the round (Flower transport and polling: 0.1 s grid poll, 0.2 s SuperNode "
-                  "and worker polls, 5 message exchanges per SecAgg+ round).", ""]
+                  "step; the rest of the ClientApp call (SecAgg+ key agreement, masking, Flower's mods); task "
+                  "handling through the SuperNode's Runtime API (claiming, pulling the task and its message — "
+                  "which includes waiting while the SuperNode is still downloading that message from the "
+                  "SuperLink — and pushing the reply); and the rest of the round, spent between SuperLink, "
+                  "SuperNodes and ServerApp (HTTP requests for every message and object, 0.1 s grid poll, 0.2 s "
+                  "SuperNode and worker polls; 5 message exchanges per SecAgg+ round). No process starts during "
+                  "a round.", ""]
         brow = []
         for k, (wall, b) in enumerate(zip(dep["round_wall_s"], dep["breakdown"], strict=False), start=1):
             work = sum(b.get(s, 0.0) for s in WORK_STEPS)
@@ -334,6 +353,10 @@ def write_report(results: Path, report: Path, img_dir: Path, meta: dict[str, Any
             lines += ["", f"Each worker's one-time start-up (imports + one torch optimiser step) took "
                           f"{fmt_mean_std(warm, 1)} s, before the run; the stock SuperNode pays an import per message "
                           "instead."]
+    for r in rows:
+        if r.get("error") and r.get("stage_s"):
+            stages = ", ".join(f"round {k} {stage} {sec:.0f} s" for k, stage, sec in r["stage_s"])
+            lines += ["", f"The {r['setting']} run failed ({r['error'][:200]}); its stages took: {stages}."]
     if meta.get("clientapp_start_s"):
         lines += ["", f"A stock `flwr-clientapp` process spends {fmt_mean_std(meta['clientapp_start_s'], 2)} s "
                       "(wall, 3 starts, this session) importing flwr and fedcrm's ClientApp before it handles its one "
