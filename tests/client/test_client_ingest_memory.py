@@ -3,7 +3,8 @@
 How the cap was chosen (measured on the project's 2-core machines, pandas 3.1, pyarrow 26):
 ``fedcrm client ingest`` on a 100-row export peaks at about 230 MB (the imports). On the
 export below (200,000 rows × 52 columns, about 96 MB of CSV, 20 chunks of 10,000 rows)
-chunked ingestion peaked 80–105 MB above that (two runs); a plain ``pandas.read_csv`` of the whole
+chunked ingestion peaked 80–105 MB above that (two runs; 111 MB with the physical-line reader of
+``client/export_reader.py``); a plain ``pandas.read_csv`` of the whole
 file with the same options, after the same imports, about 350 MB above. The cap is the
 measured baseline + 200 MB: about twice the chunked growth, and well under the unchunked.
 The part of ingestion's memory that grows with the file is the set of ids seen (duplicate
