@@ -202,12 +202,17 @@ def import_(
     signing_key: SigningKeyOpt = None,
     partner_dir: PartnerDirOpt = None,
     origin: OriginOpt = None,
+    vocabulary: Annotated[list[Path] | None, typer.Option(
+        "--vocabulary", help="Extra vocabulary YAML (the files the partner config names); repeatable.")] = None,
 ) -> None:
     """Import consent records from CSV: every row is checked first; one bad row and nothing is written."""
+    from fedcrm.consent.taxonomy import load_vocabulary  # noqa: PLC0415
+
     try:
         pseudonymise = _pseudonymiser(partner_key) if partner_key is not None else None
+        vocab = load_vocabulary(vocabulary) if vocabulary else None
         with open_ledger(ledger, signing_key, partner_dir, origin, write=True) as led:
-            result = import_consents(led, csv_path, pseudonymise=pseudonymise)
+            result = import_consents(led, csv_path, pseudonymise=pseudonymise, vocabulary=vocab)
     except FedcrmError as exc:
         raise _fail(str(exc)) from None
     console.print(

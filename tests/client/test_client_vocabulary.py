@@ -258,3 +258,28 @@ def test_generalised_bands_are_checked_against_the_task_vocabulary(insurer) -> N
     config.write_text(text.replace("{last}", "65-119"))
     (finding,) = [f for f in check_partner(config, task).errors if f.kind == "values"]
     assert "['65-119']" in finding.message and "age_band" in finding.message
+
+
+def test_consents_for_a_purpose_the_vocabulary_file_adds_are_imported_with_it(insurer) -> None:  # noqa: ANN001
+    from fedcrm.cli import app
+
+    config, _ = insurer
+    _write_config(config, with_vocabulary=False)
+    vocab_file = config.parent / "task" / "cross_sell.yaml"
+    vocab_file.write_text(VOCABULARY + "purposes:\n- key: insurance_cross_sell\n  name: Cross-sell\n"
+                          "  legal_basis: consent\n  retention_days: 365\n"
+                          "  data_categories: [user.demographic.household, user.behavior.purchase_history]\n")
+    cfg = load_partner_config(config)
+    rows = ["customer_id,purpose,category,action,legal_basis,effective_at,recorded_at,source,notice_version"]
+    rows += [f"P{i:05d},insurance_cross_sell,user.demographic.household,grant,consent,2025-01-01T00:00:00Z,"
+             "2025-01-01T00:00:00Z,web,v1" for i in range(20)]
+    csv = config.parent / "consents.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    args = ["consent", "import", str(csv), "--partner-key", str(cfg.key_path), "--ledger", cfg.ledger_url,
+            "--signing-key", str(cfg.ledger_key_path), "--origin", "fedcrm/insurer"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "insurance_cross_sell" in refused.output
+    imported = CliRunner().invoke(app, [*args, "--vocabulary", str(vocab_file)])
+    assert imported.exit_code == 0, imported.output
+    with Ledger.open(cfg.ledger_url) as ledger:
+        assert len(ledger.consent_events(upto_size=ledger.tree_size())) == 20
