@@ -9,6 +9,7 @@ Relative paths in the file are relative to the file's own directory.
 
 from __future__ import annotations
 
+import codecs
 import math
 from datetime import date
 from pathlib import Path
@@ -16,13 +17,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedcrm.client.export_reader import check_encoding
-
 from fedcrm.config_files import load_config
 from fedcrm.protocol import DEFAULT_MIN_COUNT
 
 ColumnRole = Literal["customer_id", "label", "feature", "direct_identifier", "quasi_identifier", "ignore"]
 ColumnType = Literal["string", "numeric", "integer", "categorical", "boolean", "date"]
+
+
+def check_encoding(name: str) -> str:
+    """The encoding's canonical name, if Python knows it and it keeps ASCII (and so line breaks) as is."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError as exc:
+        raise ValueError(f"unknown encoding {name!r} (e.g. 'utf-8', 'cp1252', 'latin-1')") from exc
+    probe = "\n\r,;\t\"abc019 "
+    try:
+        ascii_safe = probe.encode(info.name) == probe.encode("ascii")
+    except UnicodeError:
+        ascii_safe = False
+    if not ascii_safe:
+        raise ValueError(f"encoding {name!r} is not ASCII-compatible (UTF-16/32 exports): re-export as UTF-8")
+    return info.name
 
 
 class _Strict(BaseModel):

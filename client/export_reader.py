@@ -79,22 +79,6 @@ def shown(value: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
-def check_encoding(name: str) -> str:
-    """The encoding's canonical name, if Python knows it and it keeps ASCII (and so line breaks) as is."""
-    try:
-        info = codecs.lookup(name)
-    except LookupError as exc:
-        raise ValueError(f"unknown encoding {name!r} (e.g. 'utf-8', 'cp1252', 'latin-1')") from exc
-    probe = "\n\r,;\t\"abc019 "
-    try:
-        ascii_safe = probe.encode(info.name) == probe.encode("ascii")
-    except UnicodeError:
-        ascii_safe = False
-    if not ascii_safe:
-        raise ValueError(f"encoding {name!r} is not ASCII-compatible (UTF-16/32 exports): re-export as UTF-8")
-    return info.name
-
-
 class _Lines:
     """Decoded physical lines of a file, with the byte offset and line number of each block."""
 
