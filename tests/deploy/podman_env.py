@@ -93,6 +93,7 @@ class Podman:
     service: subprocess.Popen[bytes] | None = None
     health_stop: threading.Event = field(default_factory=threading.Event)
     health_thread: threading.Thread | None = None
+    killed_leftovers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,27 @@ class Podman:
             except subprocess.TimeoutExpired:
                 self.service.kill()
                 self.service.wait(timeout=30)
+        # An `exec` whose client was killed (a timeout) leaves its conmon behind: ours carry our runroot.
+        self.killed_leftovers = self.leftover_pids()
+        for pid in self.killed_leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.runroot, ignore_errors=True)
+
+    def leftover_pids(self) -> list[int]:
+        """Live processes whose command line names this set-up's runtime directory."""
+        needle = str(self.runroot).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if needle in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
 
     def health(self, name: str) -> str:
         out = self.podman("inspect", "--format", "{{.State.Health.Status}}", name, check=False).stdout.strip()
