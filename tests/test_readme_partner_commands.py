@@ -29,7 +29,7 @@ def test_init_ingest_quality_analytics_status_on_a_bundled_partner(tmp_path: Pat
     work = tmp_path / "B" / "work"
     for name in ("customers.parquet", "rejects.csv", "quality.json", "quality.html"):
         assert (work / name).exists(), name
-    assert "verifies: True" in " ".join(status.split())
+    assert "verifies: yes" in " ".join(status.split())
     assert json.loads((work / "quality.json").read_text())
 
 

@@ -21,7 +21,10 @@ Two kinds of check:
        premises, through ingestion's own chunk reader; they prepare data, they do not use
        it for a purpose;
      - ``client/messy.py`` — generates synthetic messy exports from a clean CSV for
-       quality tests; it never sees a real partner's customers.
+       quality tests; it never sees a real partner's customers;
+     - ``client/erase.py``, ``client/keys.py`` — erasure and key rotation maintain the
+       ingested tables (drop an erased customer's rows; map old to new pseudonyms); they
+       hand no customer data to any purpose.
 
    - *Using ingested tables.* Everywhere else, the result of ``load_customers`` /
      ``load_transactions`` goes straight into ``gate(...)``: either as the call's argument,
@@ -51,6 +54,10 @@ INGESTION_MODULES = frozenset({
     "client/quality.py",
     "client/quality_rules.py",
     "client/messy.py",
+    # Table maintenance, never a use for a purpose: erasure rewrites the ingested tables without
+    # an erased customer, and key rotation reads the id map to log the old -> new pseudonyms.
+    "client/erase.py",
+    "client/keys.py",
 })
 
 READER_MODULE_PREFIXES = ("pandas.read_", "polars.read_", "polars.scan_")
