@@ -186,7 +186,7 @@ def test_a_partner_failing_at_any_stage_fails_the_run_naming_it(
     partners: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, aggregation: str, expected: str
 ) -> None:
     result = _failing_run(tmp_path, partners, monkeypatch, fault, aggregation=aggregation, rounds=2,
-                          stage_timeout=60.0)
+                          stage_timeout=120.0)  # an exited partner is noticed by the timeout
     assert expected in (result.error or ""), result.error
     server_round = int(fault.split(":")[2])
     for earlier in range(1, server_round):
