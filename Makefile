@@ -28,13 +28,16 @@ test: $(VENV)/.installed apt-test lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check core client consent coordinator models benchmarks tests
 
-## Run the benchmark harness (accuracy, ledger, CLV, quality, propensity).
+## Run the benchmark harness (accuracy, ledger, CLV, quality, propensity, round time, gate, scoring).
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.ledger
 	$(PY) -m benchmarks.clv
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.propensity
+	$(PY) -m benchmarks.rounds
+	$(PY) -m benchmarks.gate
+	$(PY) -m benchmarks.scoring
 
 venv: $(VENV)/.installed
 
