@@ -30,6 +30,8 @@ from typing import Literal
 import pandas as pd
 
 from fedcrm.client.config import PartnerConfig, load_partner_config
+from fedcrm.client.export_reader import LINE_COLUMN
+from fedcrm.client.ingest import iter_raw_chunks
 from fedcrm.errors import FedcrmError
 from fedcrm.protocol import TaskSchema, load_task_schema
 
@@ -110,7 +112,7 @@ def _counts(counter: Counter[str], limit: int = 20) -> dict[str, int]:
 
 
 def export_header(config: PartnerConfig) -> list[str]:
-    """Column names of the export, from its first line (CSV) or its schema (Parquet)."""
+    """Column names of the export, read by ingestion's own reader (so its file errors are the same)."""
     path = config.resolve(config.source.path)
     src = config.source
     if src.resolved_format == "parquet":
@@ -119,22 +121,20 @@ def export_header(config: PartnerConfig) -> list[str]:
         return list(pq.read_schema(path).names)
     if not src.header:
         return list(src.column_names or [])
-    head = pd.read_csv(path, sep=r"\s+" if src.whitespace_delimited else src.delimiter, dtype=str, nrows=0,
-                       encoding=src.encoding, skipinitialspace=True)
-    return [str(c) for c in head.columns]
+    for chunk in iter_raw_chunks(config):
+        return [str(c) for c in chunk.columns if c != LINE_COLUMN]
+    return []
 
 
 def export_values(config: PartnerConfig, columns: list[str]) -> pd.DataFrame:
-    """The named columns of the export as stripped strings, missing markers as NA."""
-    path = config.resolve(config.source.path)
-    src = config.source
-    if src.resolved_format == "parquet":
-        frame = pd.read_parquet(path, columns=columns).astype("string")
-    else:
-        frame = pd.read_csv(path, sep=r"\s+" if src.whitespace_delimited else src.delimiter, dtype=str,
-                            usecols=columns, keep_default_na=False, na_filter=False, encoding=src.encoding,
-                            header=0 if src.header else None, names=src.column_names, skipinitialspace=True)
-    markers = {m.strip() for m in src.missing_values}
+    """The named columns of the export as stripped strings, missing markers as NA.
+
+    Read through ingestion's chunk reader: the preflight sees the rows ingestion would keep
+    (records the reader rejects are left out here and counted by ingestion itself).
+    """
+    chunks = [chunk[columns] for chunk in iter_raw_chunks(config)]
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
+    markers = {m.strip() for m in config.source.missing_values}
     out = pd.DataFrame(index=frame.index)
     for col in columns:
         text = frame[col].astype("string").str.strip()
@@ -407,7 +407,10 @@ def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | 
         return report
     try:
         header = export_header(config)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except FedcrmError as exc:
+        report.add("header", "error", str(exc))
+        return report
+    except (OSError, ValueError) as exc:
         report.add("header", "error", f"{source}: cannot read the header: {exc}")
         return report
     present = _check_header(config, header, report)
@@ -423,7 +426,11 @@ def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | 
     needed = [c for c in present if config.columns.get(c) is not None
               and (config.columns[c].role in ("customer_id", "label") or config.columns[c].type in (
                   "categorical", "boolean"))]
-    values = export_values(config, needed) if needed else pd.DataFrame()
+    try:
+        values = export_values(config, needed) if needed else pd.DataFrame()
+    except FedcrmError as exc:
+        report.add("values", "error", str(exc))
+        return report
     if config.source.level == "customer":
         _check_values(config, task, values, report)
     if vocab is not None and purpose is not None:

@@ -195,11 +195,8 @@ def _consented(config: PartnerConfig, task: TaskSchema, use: UsageContext, at: d
         categories[LABEL] = config.columns[config.label_column].category or ""
     columns = [f.name for f in task.features if f.name in held]  # features only: scoring never asks for the label
     ledger = Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path, origin=f"fedcrm/{config.name}")
-    frame = load_customers(config)
-    # Plain Python strings: pandas' isin on Arrow-backed strings converts every value one by one.
-    frame[SUBJECT] = frame[SUBJECT].astype(object)
     try:
-        return gate(frame, categories, task.purpose, at, columns, ledger=ledger, use=use,
+        return gate(load_customers(config), categories, task.purpose, at, columns, ledger=ledger, use=use,
                     vocabulary=vocabulary_for_gate(config, ledger))
     finally:
         ledger.close()

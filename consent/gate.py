@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fedcrm.consent.events import RefusalEvent, UsageEvent, subject_fingerprint, suppression_hash
 from fedcrm.consent.policy import check_category, evaluate_subjects
@@ -260,7 +263,7 @@ def gate(
         if history.suppressed:
             # Erased subjects stay out for good under this key, whatever the receipts say.
             covered = frozenset(s for s in covered if suppression_hash(s) not in history.suppressed)
-        kept = frame.loc[frame[SUBJECT].isin(covered), [SUBJECT, *requested]].reset_index(drop=True)
+        kept = frame.loc[_member_mask(frame[SUBJECT], covered), [SUBJECT, *requested]].reset_index(drop=True)
         fingerprint = subject_fingerprint(covered)
         txn.store_subject_set(fingerprint, covered)
         txn.append(
@@ -321,3 +324,14 @@ def record_reuse(view: ConsentedView, *, ledger: Ledger, use: UsageContext) -> N
             )
         ]
     )
+
+
+def _member_mask(subjects: pd.Series, covered: frozenset[str]) -> np.ndarray:
+    """Which rows' subjects are covered, vectorised in Arrow.
+
+    pandas' ``isin`` on Arrow-backed strings builds a Python object per value (seconds at 1M rows);
+    ``pyarrow.compute.is_in`` gives the same mask in a fraction of that.
+    """
+    values = pa.array(subjects.astype(str), type=pa.string(), from_pandas=True)
+    mask = pc.is_in(values, value_set=pa.array(sorted(covered), type=pa.string()))
+    return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)

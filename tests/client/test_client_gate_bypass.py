@@ -24,7 +24,9 @@ Two kinds of check:
        quality tests; it never sees a real partner's customers;
      - ``client/erase.py``, ``client/keys.py`` — erasure and key rotation maintain the
        ingested tables (drop an erased customer's rows; map old to new pseudonyms); they
-       hand no customer data to any purpose.
+       hand no customer data to any purpose;
+     - ``client/check.py`` — the preflight checks header and value maps through ingestion's
+       own chunk reader before a run, like the quality report.
 
    - *Using ingested tables.* Everywhere else, the result of ``load_customers`` /
      ``load_transactions`` goes straight into ``gate(...)``: either as the call's argument,
@@ -58,6 +60,9 @@ INGESTION_MODULES = frozenset({
     # an erased customer, and key rotation reads the id map to log the old -> new pseudonyms.
     "client/erase.py",
     "client/keys.py",
+    # The preflight reads the export's header and categorical values through ingestion's own
+    # reader, like the quality report: preparing data before a run, never using it for a purpose.
+    "client/check.py",
 })
 
 READER_MODULE_PREFIXES = ("pandas.read_", "polars.read_", "polars.scan_")
