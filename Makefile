@@ -26,7 +26,7 @@ test: $(VENV)/.installed apt-test lint
 	bash .ci/pytest.sh
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check core client consent coordinator models benchmarks tests
+	$(VENV)/bin/ruff check core client consent coordinator models benchmarks tests tools
 
 ## Run the benchmark harness (accuracy, ledger, CLV, quality, propensity, round time, gate, scoring).
 bench: $(VENV)/.installed
