@@ -87,7 +87,8 @@ def consent_files(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["cell", "cell", "cell", "header", "ragged", "receipt"]))
         if kind == "cell":
-            row, col = draw(st.integers(0, len(rows) - 1)), draw(st.integers(0, len(header) - 1))
+            row = draw(st.integers(0, len(rows) - 1))
+            col = draw(st.integers(0, len(rows[row]) - 1))  # a row made ragged earlier may be shorter
             rows[row][col] = draw(st.sampled_from(NASTY) | st.text(max_size=12))
         elif kind == "header":
             i = draw(st.integers(0, len(header) - 1))
@@ -96,7 +97,9 @@ def consent_files(draw: st.DrawFn) -> str:
             row = draw(st.integers(0, len(rows) - 1))
             rows[row] = rows[row][:-1] if draw(st.booleans()) else [*rows[row], "surplus"]
         else:
-            rows[draw(st.integers(0, len(rows) - 1))][9] = draw(st.sampled_from(["r-0", "seed-receipt"]))
+            target = rows[draw(st.integers(0, len(rows) - 1))]
+            if len(target) > 9:
+                target[9] = draw(st.sampled_from(["r-0", "seed-receipt"]))
     text = _serialise(header, rows, draw(st.sampled_from(["\n", "\r\n"])))
     for _ in range(draw(st.integers(0, 2))):
         # Text-level damage: a stray quote, delimiter or line break, or a blank line, anywhere.
