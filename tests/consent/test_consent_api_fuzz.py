@@ -103,7 +103,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: ConsentServer
 
 @pytest.mark.slow
 def test_schemathesis_big_run_finds_no_5xx_and_no_schema_violation(server: ConsentServer, tmp_path: Path) -> None:
-    _fuzz(server, tmp_path, max_examples=300, timeout=1400)
+    # 300 examples took 565 s on 2 cores (each append grows the log every later request verifies): 150 keeps
+    # the slow set well inside CI while still reaching far more states than the fast run.
+    _fuzz(server, tmp_path, max_examples=150, timeout=900)
 
 
 def test_an_oversized_stream_is_refused_before_it_is_read_whole(server: ConsentServer) -> None:
