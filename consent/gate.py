@@ -266,22 +266,7 @@ def gate(
         kept = frame.loc[_member_mask(frame[SUBJECT], covered), [SUBJECT, *requested]].reset_index(drop=True)
         fingerprint = subject_fingerprint(covered)
         txn.store_subject_set(fingerprint, covered)
-        txn.append(
-            [
-                UsageEvent(
-                    purpose=purpose,
-                    partner=use.partner,
-                    job_id=use.job_id,
-                    model_version=use.model_version,
-                    stage=use.stage,
-                    at=at,
-                    tree_size_read=size,
-                    columns=requested,
-                    n_subjects=len(covered),
-                    subject_fingerprint=fingerprint,
-                )
-            ]
-        )
+        txn.append([_usage_event(use, purpose, at, size, requested, len(covered), fingerprint)])
     return ConsentedView(
         _GATE_TOKEN,
         frame=kept,
@@ -309,21 +294,16 @@ def record_reuse(view: ConsentedView, *, ledger: Ledger, use: UsageContext) -> N
             f"{use.job_id} / {use.model_version}"
         )
     ledger.append(
-        [
-            UsageEvent(
-                purpose=view.purpose,
-                partner=use.partner,
-                job_id=use.job_id,
-                model_version=use.model_version,
-                stage=use.stage,
-                at=view.at,
-                tree_size_read=view.tree_size,
-                columns=view.columns,
-                n_subjects=len(view.subjects),
-                subject_fingerprint=view.fingerprint,
-            )
-        ]
+        [_usage_event(use, view.purpose, view.at, view.tree_size, view.columns, len(view.subjects), view.fingerprint)]
     )
+
+
+def _usage_event(use: UsageContext, purpose: str, at: datetime, tree_size: int, columns: Sequence[str],
+                 n_subjects: int, fingerprint: str) -> UsageEvent:
+    """The usage record of one stage's use of a consented view (first use and reuse alike)."""
+    return UsageEvent(purpose=purpose, partner=use.partner, job_id=use.job_id, model_version=use.model_version,
+                      stage=use.stage, at=at, tree_size_read=tree_size, columns=columns, n_subjects=n_subjects,
+                      subject_fingerprint=fingerprint)
 
 
 def _member_mask(subjects: pd.Series, covered: frozenset[str]) -> np.ndarray:
