@@ -29,6 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedcrm.cli import app
+from fedcrm.coordinator.superlink import free_port
 from tests.federation import TELCO_TASK, copy_partners, run
 
 LISTEN = "0A"
@@ -171,12 +172,6 @@ class SocketWatch:
             assert program in commands, f"no listening socket of {program} was seen: {sorted(self.seen)}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -232,7 +227,7 @@ def test_a_deployment_run_listens_on_loopback_only(tmp_path: Path) -> None:
             for config in configs:
                 joins.append(subprocess.Popen(
                     [sys.executable, "-m", "fedcrm.cli", "client", "join", "--config", str(config),
-                     "--superlink", link.address, "--port", str(_free_port()), "--insecure"],
+                     "--superlink", link.address, "--port", str(free_port()), "--insecure"],
                     stdout=(config.parent / "join.log").open("wb"), stderr=subprocess.STDOUT))
             watch.roots.update(j.pid for j in joins)
             cfg = RunConfig.model_validate({"task": TELCO_TASK, "rounds": 1, "seed": 0, "run_id": "loopback"})
@@ -259,7 +254,7 @@ def test_consent_serve_listens_on_loopback_only(tmp_path: Path) -> None:
     created = CliRunner().invoke(app, ["consent", "token", "create", "--tokens", str(tokens), "--role", "auditor",
                                        "--name", "loopback-test"])
     assert created.exit_code == 0, created.output
-    port = _free_port()
+    port = free_port()
     serve = subprocess.Popen([sys.executable, "-m", "fedcrm.cli", "consent", "serve", "--tokens", str(tokens),
                               "--partner-dir", str(config.parent), "--port", str(port)],
                              stdout=(tmp_path / "serve.log").open("wb"), stderr=subprocess.STDOUT)
