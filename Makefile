@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-APT_TEST_PACKAGES := postgresql strace util-linux iproute2
+APT_TEST_PACKAGES := postgresql strace util-linux iproute2 chromium
 
 .PHONY: demo test bench lint venv apt-test clean
 
@@ -38,8 +38,19 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.rounds
 	$(PY) -m benchmarks.gate
 	$(PY) -m benchmarks.scoring
+	$(PY) -m benchmarks.privacy
+	$(PY) -m benchmarks.scale
+	$(PY) -m benchmarks.segments
+	$(PY) -m benchmarks.scale_partners --partners 10 50 --rows 100000 --rounds 2
+	$(PY) -m benchmarks.dp_statistics
+	$(PY) -m benchmarks.psi --sizes 10000x100000 100000x100000
 
 venv: $(VENV)/.installed
+
+# openmined.psi (private set intersection) pins protobuf==6.30.2 exactly, while Flower's
+# grpcio-health-checking needs protobuf>=6.33.5; its generated code runs on 6.33.6
+# (measured: tests/analytics PSI tests), so it is installed without its pins.
+PSI_WHEEL := openmined.psi==2.0.6
 
 # torch 2.13.0 is installed first and alone: it resolves to the local CPU build; any
 # other order lets a dependency pull multi-GB CUDA wheels.
@@ -50,6 +61,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[simulation,dev,bench]'
+	$(PIP) install --quiet --no-deps -c constraints.txt $(PSI_WHEEL)
 	touch $@
 
 apt-test:
@@ -58,6 +70,7 @@ apt-test:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	bash .ci/install-containers.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-work

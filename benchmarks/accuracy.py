@@ -17,10 +17,21 @@ bundled partners (initialised with ``fedcrm client init``'s own code):
 
 Everything is evaluated on the data set's common test set (customers no partner holds).
 
-A consortium's own test federation runs the same comparison with ``--federation ROOT --task T
---run-config R``: ``ROOT/<split>/<partner>/partner.toml`` for each split and
-``ROOT/common_test/partner.toml`` (``--test-dir``) for the test set; results then go under
-``benchmarks/results/raw/`` unless ``--results``/``--report`` say otherwise.
+A consortium's own test federation runs the same comparison on **any task and partner set**:
+
+* ``--task T.yaml --partners P1.toml P2.toml … --test-config TEST.toml [--run-config R.toml]``:
+  the partner configs themselves (each partner directory is copied, as it is, to the work
+  directory), or
+* ``--federation ROOT --task T.yaml [--run-config R.toml]``: ``ROOT/<split>/<partner>/partner.toml``
+  for each split and ``ROOT/common_test/partner.toml`` (``--test-dir``) for the test set.
+
+The task given is the one trained everywhere (it overrides the run config's); without a run
+config the run settings' defaults apply. Partners are initialised, approve the task and, where
+their directory holds a ``consents.csv``, import it (``fedcrm consent import``). Pooled and
+local-only models train on each partner's *consented* rows (the rows its consent gate lets
+through for the task's purpose, as in the federated run); customer- and transaction-level
+exports both work. Results then go under ``benchmarks/results/raw/`` unless
+``--results``/``--report`` say otherwise.
 Rows go to ``benchmarks/results/accuracy.json`` after every measurement; the test-set
 scores go to ``benchmarks/results/raw/accuracy-scores/`` for the paired bootstrap; the
 report (``docs/benchmarks.md`` and ``docs/img/accuracy_*.png``) is written at the end, or
@@ -73,13 +84,36 @@ class DatasetSpec:
 
     partner_root: Path
     task: Path
-    run_config: Path
+    run_config: Path | None
     splits: tuple[str, ...]
     test_dir: str = "common_test"
     variants: dict[str, Path] = field(default_factory=dict)
+    #: Explicit partner configs per split (``--partners``), instead of ``partner_root/<split>/*/partner.toml``.
+    partner_configs: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    #: The test set's partner config when it is not ``partner_root/<test_dir>/partner.toml``.
+    test_config: Path | None = None
+
+    def config_of(self, split: str, name: str) -> Path:
+        """The partner config of one partner of a split."""
+        for path in self.partner_configs.get(split, ()):
+            if path.parent.name == name:
+                return path
+        return self.partner_root / split / name / "partner.toml"
+
+    def test_config_path(self) -> Path:
+        """The common test set's partner config."""
+        return self.test_config or self.partner_root / self.test_dir / "partner.toml"
+
+    def run_settings(self, overrides: dict[str, object]):  # noqa: ANN201 - coordinator RunConfig (lazy import)
+        """The run config with this data set's task and ``overrides`` applied."""
+        from fedcrm.coordinator.run_config import load_run_config
+
+        return load_run_config(self.run_config, {"task": self.task, **overrides})
 
     def partners(self, split: str) -> list[str]:
         """Partner directory names of a split, sorted."""
+        if split in self.partner_configs:
+            return sorted(p.parent.name for p in self.partner_configs[split])
         root = self.partner_root / split
         names = sorted(p.name for p in root.iterdir() if (p / "partner.toml").is_file()) if root.is_dir() else []
         if len(names) < 2:
@@ -99,10 +133,31 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def federation_spec(root: Path, task: Path, run_config: Path, test_dir: str = "common_test") -> DatasetSpec:
+def partner_set_spec(task: Path, partners: list[Path], test_config: Path, run_config: Path | None = None,
+                     split: str = "federation") -> DatasetSpec:
+    """A DatasetSpec for any task and an explicit list of partner configs plus a test set's config."""
+    task, test_config = task.resolve(), test_config.resolve()
+    configs = tuple(p.resolve() for p in partners)
+    for path in (task, test_config, *configs, *([run_config] if run_config else [])):
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found")
+    load_task_schema(task)  # a broken task schema stops here, naming the file and field
+    if len(configs) < 2:
+        raise SystemExit("--partners: a federation needs at least two partner configs")
+    names = [p.parent.name for p in configs]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--partners: partner directories must have distinct names (got {', '.join(names)}); "
+                         "each is copied to <workdir>/<name>")
+    return DatasetSpec(partner_root=test_config.parent.parent, task=task,
+                       run_config=run_config.resolve() if run_config else None, splits=(split,),
+                       partner_configs={split: configs}, test_config=test_config)
+
+
+def federation_spec(root: Path, task: Path, run_config: Path | None, test_dir: str = "common_test") -> DatasetSpec:
     """A DatasetSpec for any task and partner set laid out as ``root/<split>/<partner>/partner.toml``."""
-    root, task, run_config = root.resolve(), task.resolve(), run_config.resolve()
-    for path in (task, run_config, root / test_dir / "partner.toml"):
+    root, task = root.resolve(), task.resolve()
+    run_config = run_config.resolve() if run_config is not None else None
+    for path in (task, *([run_config] if run_config else []), root / test_dir / "partner.toml"):
         if not path.is_file():
             raise SystemExit(f"{path}: not found (a federation needs its task, run config and common test set)")
     load_task_schema(task)  # a broken task schema stops here, naming the file and field
@@ -153,24 +208,48 @@ class Case:
 # -- preparing partners ---------------------------------------------------------------------------
 
 def fresh_partners(case: Case) -> tuple[list[Path], Path]:
-    """Copy the split's bundled partners and the test set to a fresh directory, initialise them, approve the task."""
-    from fedcrm.client.approvals import approve  # what `fedcrm client approve` records
-    from fedcrm.client.cli import init as client_init  # the CLI's own code: key + consent ledger
-    from fedcrm.client.config import load_partner_config
-    from fedcrm.coordinator.run_config import load_run_config
+    """Copy the split's partners and the test set to a fresh directory: initialise, approve the task, import consents."""
+    from typer.testing import CliRunner
 
-    task = load_task_schema(load_run_config(case.spec.run_config, {}).task)
+    from fedcrm.cli import app  # the CLI's own commands, as a partner's data team runs them
+
+    def cli(*args: str) -> None:
+        result = CliRunner().invoke(app, list(args))
+        if result.exit_code != 0:
+            raise SystemExit(f"fedcrm {' '.join(args)} failed:\n{result.output}")
+
     if case.work.exists():
         shutil.rmtree(case.work)
     case.work.mkdir(parents=True)
     configs = []
     for name in case.spec.partners(case.split):
-        shutil.copytree(case.spec.partner_root / case.split / name, case.work / name)
-        configs.append(case.work / name / "partner.toml")
-        client_init(config=configs[-1])
-        approve(load_partner_config(configs[-1]), task, approved_by="benchmark")
-    shutil.copytree(case.spec.partner_root / case.spec.test_dir, case.work / case.spec.test_dir)
-    return configs, case.work / case.spec.test_dir / "partner.toml"
+        source = case.spec.config_of(case.split, name)
+        shutil.copytree(source.parent, case.work / name)
+        config = case.work / name / source.name
+        cli("client", "init", "--config", str(config))
+        cli("client", "approve", "--config", str(config), "--task", str(case.spec.task), "--by", "benchmark")
+        if (case.work / name / "consents.csv").is_file():
+            from fedcrm.client.config import load_partner_config
+
+            cli("consent", "import", str(case.work / name / "consents.csv"), "--partner-dir", str(case.work / name),
+                "--partner-key", str(load_partner_config(config).key_path))
+        configs.append(config)
+    test = case.spec.test_config_path()
+    shutil.copytree(test.parent, case.work / "_test")
+    return configs, case.work / "_test" / test.name
+
+
+def consented_rows(config: Path, task: TaskSchema) -> pd.DataFrame:
+    """A partner's rows as its consent gate lets them through for the task's purpose (features and label)."""
+    from datetime import UTC, datetime
+
+    from fedcrm.client.partner_session import PartnerSession, RoundOrder
+
+    session = PartnerSession(config)
+    order = RoundOrder(run_id="benchmark-baselines", server_round=0, stage="benchmark", at=datetime.now(UTC),
+                       schema_hash=task.sha256(), purpose=task.purpose)
+    view, _ = session.consented(task, order, session.task_columns(task, with_label=True))
+    return view.frame
 
 
 # -- centralised methods --------------------------------------------------------------------------
@@ -244,14 +323,13 @@ def first_within(curve: list[float], reference: float, tolerance: float = CONVER
 def federated(case: Case, configs: list[Path], test: pd.DataFrame, task: TaskSchema, pooled_mlp_auc: float,
               aggregations: tuple[str, ...]) -> None:
     """Run the coordinator on the fresh partners for each aggregation and record final and per-round AUCs."""
-    from fedcrm.coordinator.run_config import load_run_config
     from fedcrm.coordinator.runner import run_federation
 
     for aggregation in aggregations:
         method = f"federated_{aggregation}"
         run_id = f"{case.dataset}-{case.split}-s{case.seed}-{aggregation}"
-        config = load_run_config(case.spec.run_config, {"rounds": case.rounds, "seed": case.seed,
-                                                         "aggregation": aggregation, "run_id": run_id})
+        config = case.spec.run_settings({"rounds": case.rounds, "seed": case.seed, "aggregation": aggregation,
+                                         "run_id": run_id})
         result = run_federation(config, configs, runs_dir=case.work / "runs")
         if not result.succeeded:
             nan = {"roc_auc": float("nan"), "pr_auc": float("nan"), "top_decile_lift": float("nan")}
@@ -281,14 +359,12 @@ def federated(case: Case, configs: list[Path], test: pd.DataFrame, task: TaskSch
 
 def run_case(case: Case, aggregations: tuple[str, ...]) -> None:
     """Every method for one (data set, split, seed)."""
-    from fedcrm.coordinator.run_config import load_run_config
-
     print(f"== {case.dataset} / {case.split} / seed {case.seed}", flush=True)
     configs, test_config = fresh_partners(case)
-    test = load_rows(test_config)
-    partners = {path.parent.name: load_rows(path) for path in configs}
-    cfg = load_run_config(case.spec.run_config, {"rounds": case.rounds, "seed": case.seed})
+    cfg = case.spec.run_settings({"rounds": case.rounds, "seed": case.seed})
     task = load_task_schema(cfg.task)
+    test = load_rows(test_config)
+    partners = {path.parent.name: consented_rows(path, task) for path in configs}
     labels = case.scores / case.dataset / case.split / "labels.npy"
     labels.parent.mkdir(parents=True, exist_ok=True)
     np.save(labels, encode_labels(test, LABEL).astype(np.int8))
@@ -315,23 +391,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, default=None, help="Markdown report (default docs/benchmarks.md)")
     p.add_argument("--img-dir", type=Path, default=None, help="plots (default docs/img)")
     p.add_argument("--resamples", type=int, default=2000, help="paired-bootstrap resamples")
+    p.add_argument("--scores-dir", type=Path, default=None,
+                   help="test-set scores for the bootstrap (default benchmarks/results/raw/accuracy-scores*)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from saved rows and scores")
     p.add_argument("--federation", type=Path, default=None,
                    help="any partner set: ROOT/<split>/<partner>/partner.toml plus ROOT/common_test (with --task, "
                         "--run-config)")
-    p.add_argument("--task", type=Path, default=None, help="with --federation: the task schema")
-    p.add_argument("--run-config", type=Path, default=None, help="with --federation: the run config")
+    p.add_argument("--partners", nargs="+", type=Path, default=None,
+                   help="any partner set: the partner configs themselves (with --task and --test-config)")
+    p.add_argument("--test-config", type=Path, default=None,
+                   help="with --partners: the common test set's partner config (customers no partner holds)")
+    p.add_argument("--task", type=Path, default=None, help="with --federation/--partners: the task schema")
+    p.add_argument("--run-config", type=Path, default=None,
+                   help="with --federation/--partners: the run config (default: the run settings' defaults)")
     p.add_argument("--test-dir", default="common_test", help="with --federation: the common test set's directory")
     p.add_argument("--name", default="custom", help="with --federation: the data set's name in rows and plots")
     args = p.parse_args(argv)
-    if args.federation is not None:
-        if args.task is None or args.run_config is None:
-            p.error("--federation needs --task and --run-config")
-        DATASETS[args.name] = federation_spec(args.federation, args.task, args.run_config, args.test_dir)
+    if args.federation is not None and args.partners is not None:
+        p.error("--federation and --partners are two ways to name the partner set: give one")
+    if args.federation is not None or args.partners is not None:
+        if args.task is None:
+            p.error("--federation/--partners need --task")
+        if args.partners is not None:
+            if args.test_config is None:
+                p.error("--partners needs --test-config")
+            DATASETS[args.name] = partner_set_spec(args.task, args.partners, args.test_config, args.run_config)
+        else:
+            DATASETS[args.name] = federation_spec(args.federation, args.task, args.run_config, args.test_dir)
         args.datasets = [args.name]
         args.results = args.results or RAW / f"accuracy-{args.name}.json"
         args.report = args.report or RAW / f"benchmarks-{args.name}.md"
         args.img_dir = args.img_dir or RAW / f"img-{args.name}"
+        args.scores_dir = args.scores_dir or RAW / f"accuracy-scores-{args.name}"
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else list(DEFAULT_SEEDS))
     args.rounds = args.rounds or (3 if quick else DEFAULT_ROUNDS)
@@ -340,7 +431,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.results = args.results or (RAW / "accuracy-quick.json" if quick else RESULTS / "accuracy.json")
     args.report = args.report or (RAW / "benchmarks-quick.md" if quick else REPO_ROOT / "docs" / "benchmarks.md")
     args.img_dir = args.img_dir or (RAW / "img-quick" if quick else REPO_ROOT / "docs" / "img")
-    args.scores = RAW / ("accuracy-scores-quick" if quick else "accuracy-scores")
+    args.scores = args.scores_dir or RAW / ("accuracy-scores-quick" if quick else "accuracy-scores")
     if quick and not args.splits:
         args.splits = ["skewed"]
     return args

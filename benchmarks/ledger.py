@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import resource
 import sqlite3
 import statistics
 import sys
@@ -44,6 +45,13 @@ from fedcrm.consent.ledger import Ledger  # noqa: E402
 from tests.postgres_server import start_postgres, stop_postgres  # noqa: E402
 
 BATCH = 1000
+WORKERS = 2  # processes of the parallel full verification (the machine's cores)
+
+
+def _children_cpu() -> float:
+    """User + system CPU of this process's finished child processes (the verification's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -227,19 +235,75 @@ def bulk_and_proofs(b: Backends, backend: str, n: int, reps: int) -> dict[str, A
     return out
 
 
-def million(b: Backends, n: int) -> dict[str, Any]:
-    """Build an n-event SQLite log (batches of 10,000) and time one full verification."""
-    url, _ = b.fresh("sqlite")
-    led = b.ledger(url)
-    t = time.perf_counter()
-    chunk = 10_000
-    for start in range(0, n, chunk):
-        led.append([_event(i) for i in range(start, min(n, start + chunk))])
-    build_s = time.perf_counter() - t
+def sha256_floor(led: Ledger, n: int) -> dict[str, float]:
+    """CPU of the hashing alone a full verification must do: every leaf, every salted payload, every tree node.
+
+    Reads the stored texts first (outside the timing), then hashes them in the tightest
+    Python loop hashlib allows: the floor no verification in Python can go below.
+    """
+    import hashlib
+    import sqlite3 as _sqlite3
+
+    path = led._engine.url.database
+    with _sqlite3.connect(path) as conn:
+        texts = [r[0].encode() for r in conn.execute("SELECT public_json FROM log_entries ORDER BY idx")]
+        payloads = [(r[0], r[1].encode()) for r in conn.execute("SELECT salt, value FROM personal_payloads")]
+    sha = hashlib.sha256
+    c = time.process_time()
+    leaves = [sha(b"\x00" + t).digest() for t in texts]
+    leaf_cpu = time.process_time() - c
+    c = time.process_time()
+    for salt, value in payloads:
+        sha(salt + value).hexdigest()
+    payload_cpu = time.process_time() - c
+    c = time.process_time()
+    merkle.root_of(leaves)
+    tree_cpu = time.process_time() - c
+    return {"leaves": len(texts), "payloads": len(payloads), "leaf_hash_cpu_s": leaf_cpu,
+            "payload_hash_cpu_s": payload_cpu, "tree_cpu_s": tree_cpu, "total_cpu_s": leaf_cpu + payload_cpu + tree_cpu}
+
+
+def million(b: Backends, n: int, reuse: Path | None = None, reps: int = 3) -> dict[str, Any]:
+    """Build an n-event SQLite log (batches of 10,000) and time full verifications beside the SHA-256 floor.
+
+    ``reuse``: an SQLite log of n such events built earlier (with its ``.pem`` signing key
+    beside it), so the 20-30 minutes of building on a loaded machine are not repeated.
+    """
+    if reuse is not None:
+        url, build_s = f"sqlite:///{reuse}", float("nan")
+        led = Ledger.open(url, signing_key_path=reuse.with_suffix(".pem"), origin="bench.fedcrm/partner")
+    else:
+        url, _ = b.fresh("sqlite")
+        led = b.ledger(url)
+        t = time.perf_counter()
+        chunk = 10_000
+        for start in range(0, n, chunk):
+            led.append([_event(i) for i in range(start, min(n, start + chunk))])
+        build_s = time.perf_counter() - t
+    load_before = os.getloadavg()
+    floors = [sha256_floor(led, n)]
     t, c = time.perf_counter(), time.process_time()
-    report = led.verify()
-    verify_s, verify_cpu_s = time.perf_counter() - t, time.process_time() - c
+    with led._engine.connect() as conn, conn.begin():
+        report = led._verify_on(conn, None, fast=False)  # the reference, one object per entry (bundle.check_log)
+    reference = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
     assert report.ok and report.checked_size == n, report.message
+    walls, cpus, par_walls, par_cpus = [], [], [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        report = led.verify()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+        assert report.ok and report.checked_size == n, report.message
+        t, c, k = time.perf_counter(), time.process_time(), _children_cpu()
+        report = led.verify(workers=WORKERS)
+        par_walls.append(time.perf_counter() - t)
+        par_cpus.append(time.process_time() - c + _children_cpu() - k)  # this process and its workers
+        assert report.ok and report.checked_size == n, report.message
+    verify_s, verify_cpu_s = min(walls), min(cpus)
+    floors.append(sha256_floor(led, n))
+    floor = min(floors, key=lambda f: f["total_cpu_s"])
+    parallel = {"workers": WORKERS, "wall_s": min(par_walls), "cpu_s": min(par_cpus), "wall_all_s": par_walls,
+                "cpu_all_s": par_cpus}
     t = time.perf_counter()
     led.inclusion_proof(n // 3)
     proof_s = time.perf_counter() - t
@@ -248,8 +312,13 @@ def million(b: Backends, n: int) -> dict[str, Any]:
     warm_s = time.perf_counter() - t
     led.close()
     size_mb = Path(url.removeprefix("sqlite:///")).stat().st_size / 1e6
-    print(f"  sqlite   {n} events: built in {build_s:.0f}s, full verify {verify_s:.1f}s ({verify_cpu_s:.1f}s CPU), first inclusion proof {proof_s:.1f}s, next {warm_s * 1e3:.0f} ms", flush=True)
+    print(f"  sqlite   {n} events: built in {build_s:.0f}s, full verify {verify_s:.1f}s ({verify_cpu_s:.1f}s CPU; "
+          f"{WORKERS} processes {parallel['wall_s']:.1f}s wall, {parallel['cpu_s']:.1f}s CPU; reference "
+          f"{reference['cpu_s']:.1f}s CPU; SHA-256 floor {floor['total_cpu_s']:.1f}s CPU), first inclusion proof "
+          f"{proof_s:.1f}s, next {warm_s * 1e3:.0f} ms", flush=True)
     return {"events": n, "build_s": build_s, "verify_s": verify_s, "verify_cpu_s": verify_cpu_s,
+            "verify_wall_all_s": walls, "verify_cpu_all_s": cpus, "sha256_floor": floor, "sha256_floors": floors,
+            "reference": reference, "parallel": parallel, "load_average_before": load_before,
             "verify_events_per_s": n / verify_s, "load_average_after": os.getloadavg(),
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "inclusion_proof_gen_s": proof_s, "inclusion_proof_warm_s": warm_s, "db_mb": size_mb}
@@ -260,6 +329,11 @@ def million(b: Backends, n: int) -> dict[str, Any]:
 
 def _fmt(ms: dict[str, float], scale: float = 1.0, digits: int = 0) -> str:
     return f"{ms['mean'] * scale:,.{digits}f} ± {ms['std'] * scale:,.{digits}f}"
+
+
+def _build(m: dict[str, Any]) -> str:
+    """Build time of the large log, or 'reused' when an earlier build was verified (``--reuse-million``)."""
+    return "reused" if m["build_s"] != m["build_s"] else f"{m['build_s']:.0f}"  # NaN: not built in this run
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -298,12 +372,64 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"{_fmt(r['inclusion_proof_verify_s'], 1e6)} | {_fmt(r['consistency_proof_gen_s'], 1e3, 1)} | "
             f"{_fmt(r['consistency_proof_verify_s'], 1e6)} | {r['full_verify_s']:.1f} |")
     m = results["million"]
-    when = f" (measured {m['date']}, 1-minute load average {m['load_average_after'][0]:.1f} afterwards)" if "date" in m else ""
-    lines += ["", "## Full verification of a large log (SQLite)", "", f"One run{when}; CPU time excludes waiting for a core on the shared machine.", "",
-              "| events | build via Ledger.append (s) | full verify, wall (s) | full verify, CPU of this process (s) | verified events/s (wall) | first inclusion proof (s) | next proof (ms) | database (MB) |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|",
-              f"| {m['events']:,} | {m['build_s']:.0f} | {m['verify_s']:.1f} | {m.get('verify_cpu_s', float('nan')):.1f} | {m['verify_events_per_s']:,.0f} | "
-              f"{m['inclusion_proof_gen_s']:.1f} | {m['inclusion_proof_warm_s'] * 1e3:.0f} | {m['db_mb']:.0f} |",
+    floor = m.get("sha256_floor")
+    runs = len(m.get("verify_cpu_all_s", [m.get("verify_cpu_s")]))
+    load = (f"1-minute load average {m['load_average_before'][0]:.1f} before and {m['load_average_after'][0]:.1f} after"
+            if "load_average_before" in m else f"1-minute load average {m['load_average_after'][0]:.1f} afterwards")
+    ref, par = m.get("reference"), m.get("parallel")
+    nan = float("nan")
+    fl = floor["total_cpu_s"] if floor else nan
+    lines += ["", "## Full verification of a large log (SQLite)", "",
+              f"Measured {m.get('date', '?')}, {load} on {env['cpus']} cores shared with other work. "
+              + ("This section was re-measured on its own (`--only-million`); the tables above are from the full run "
+                 "dated at the top. " if results.get("million_only") else "") +
+              f"Best of {runs} verifications each, one and {par['workers'] if par else '?'} processes alternating; "
+              "the reference (`bundle.check_log`, one Python object per entry, what `verify` ran before) once. CPU "
+              "is the time the processes themselves ran (workers included), not the waiting for a core; sharing the "
+              "cores still slows every run (caches, memory bandwidth), so read the ratio to the SHA-256 floor, "
+              "measured in the same run on the same log: the CPU of only the hashing a full verification must do "
+              "(every leaf, every salted payload, every tree node) in the tightest hashlib loop (best of two, "
+              "before and after).",
+              "",
+              "| events | verification | wall (s) | CPU (s) | SHA-256 floor, CPU (s) | CPU / floor | verified events/s (wall) |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    if ref:
+        lines.append(f"| {m['events']:,} | reference (`check_log`, one process) | {ref['wall_s']:.1f} | {ref['cpu_s']:.2f} | "
+                     f"{fl:.2f} | {ref['cpu_s'] / fl:.1f}× | {m['events'] / ref['wall_s']:,.0f} |")
+    lines.append(f"| {m['events']:,} | `verify`, blocks, one process | {m['verify_s']:.1f} | {m['verify_cpu_s']:.2f} | "
+                 f"{fl:.2f} | {m['verify_cpu_s'] / fl:.1f}× | {m['verify_events_per_s']:,.0f} |")
+    if par:
+        lines.append(f"| {m['events']:,} | `verify(workers={par['workers']})`, blocks, {par['workers']} processes "
+                     f"(CPU of all) | {par['wall_s']:.1f} | {par['cpu_s']:.2f} | {fl:.2f} | {par['cpu_s'] / fl:.1f}× | "
+                     f"{m['events'] / par['wall_s']:,.0f} |")
+    if par and floor:
+        met = "met" if m["verify_cpu_s"] <= 3.0 else "not met"
+        lines += ["", f"Goal: 3 s CPU on one core: {met} here ({m['verify_cpu_s']:.1f} s). The SHA-256 floor alone cost "
+                  f"{fl:.1f} s of CPU on this machine, so no Python verification that hashes what it must can reach "
+                  f"3 s on it; the block check is {m['verify_cpu_s'] / fl:.1f}× the floor (the reference "
+                  + (f"{ref['cpu_s'] / fl:.1f}×" if ref else "not run") + f"). Split across {par['workers']} processes "
+                  f"at power-of-two subtree boundaries the wall time is {par['wall_s']:.1f} s; more cores divide it "
+                  "further (the per-process CPU is what one core spends)."]
+    lines += ["",
+              (f"Floor breakdown: leaf hashes {floor['leaf_hash_cpu_s']:.2f} s, salted payload hashes "
+               f"{floor['payload_hash_cpu_s']:.2f} s, tree nodes {floor['tree_cpu_s']:.2f} s." if floor else ""),
+              "",
+              f"Log: {'built earlier (`--reuse-million`)' if _build(m) == 'reused' else f'built via `Ledger.append` in {_build(m)} s'}"
+              f", {m['db_mb']:.0f} MB; first inclusion proof "
+              f"{m['inclusion_proof_gen_s']:.1f} s, the next {m['inclusion_proof_warm_s'] * 1e3:.0f} ms.",
+              "",
+              "How `verify` reads a SQLite log (`consent/verify_log.py`, `consent/verify_blocks.py`): in blocks of "
+              "4,096 entries, SQLite concatenates a block's texts, stored leaf hashes, salts and payload values in C "
+              "(`group_concat`, one row per table per block); Python splits them, hashes every leaf and every salted "
+              "payload in list comprehensions, compares whole blocks at once and runs the per-text tests through "
+              "`map`; the tree takes each block as aligned perfect subtrees hashed level by level and every signed "
+              "head is checked where the tree reaches its size. Blocks holding other records (usage, rotations, "
+              "erasures) go entry by entry through the reference's own checks, and anything the block check does not "
+              "vouch for goes to the reference, whose report is the verdict (`tests/consent/test_consent_verify_fast.py` "
+              "compares both on 28 tampers). With `workers`, aligned power-of-two ranges go to worker processes, "
+              "which return their subtrees' frontiers at each head inside them; the parent joins them in order. What "
+              "is left above the floor: SQLite reading 420 MB of text and the payload index, splitting, and the "
+              "substring tests.",
               "",
               "Full verification recomputes every leaf hash from the stored entry text, checks each stored "
               "personal payload against its salted hash, and recomputes the root with an O(n) streaming "
@@ -349,13 +475,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer single-transaction events and one repetition of the bulk import")
     parser.add_argument("--only-million", action="store_true",
                         help="re-measure only the 1,000,000-event verification and update the existing results")
+    parser.add_argument("--reuse-million", type=Path, default=None,
+                        help="an SQLite log of 1,000,000 benchmark events built earlier (its .pem key beside it)")
     args = parser.parse_args(argv)
     if args.only_million:
         results_path = ROOT / "benchmarks" / "results" / "ledger.json"
         results = json.loads(results_path.read_text(encoding="utf-8"))
         with tempfile.TemporaryDirectory(prefix="fedcrm-bench-") as tmp:
             print("full verification:", flush=True)
-            results["million"] = million(Backends(Path(tmp), None), 1_000_000)
+            results["million"] = million(Backends(Path(tmp), None), 1_000_000, reuse=args.reuse_million, reps=3)
+        results["million_only"] = True
         _write_all(results)
         return
     n_single, n_batched, reps = (200, 20_000, 3) if args.quick else (2_000, 100_000, 3)
@@ -380,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
             for backend in ("sqlite", "postgres"):
                 results["bulk"][backend] = bulk_and_proofs(b, backend, 100_000, bulk_reps)
             print("full verification:", flush=True)
-            results["million"] = million(b, 1_000_000)
+            results["million"] = million(b, 1_000_000, reuse=args.reuse_million)
             results["environment"]["load_average_at_end"] = os.getloadavg()
     finally:
         stop_postgres(pg)

@@ -11,6 +11,8 @@ Settings (rows keyed by ``setting``):
   (``fedcrm.coordinator.superlink``), three ``fedcrm client join`` processes (SuperNode in
   ``--isolation process`` with one long-lived ClientApp worker each, short polls) and
   ``run_deployment`` (what ``fedcrm coordinator run --superlink`` calls);
+* ``deployment_sqlstate`` — ``deployment`` with the SuperLink's state in Flower's SQLite store
+  (``fedcrm coordinator superlink --state-db``) instead of in memory (the default);
 * ``deployment_stock`` — the same processes with Flower's stock behaviour: ``--isolation
   subprocess`` (a new ``flwr-clientapp`` per message) and its fixed 3 s polls
   (``FEDCRM_GRID_POLL_S=3``, stock ``flower-superlink``/``flower-supernode`` sleeps);
@@ -21,7 +23,9 @@ Per round: wall seconds (round *k* ends at the coordinator's ``evaluate`` event 
 and for ``deployment`` a breakdown from the workers' task journals
 (``$FLWR_HOME/clientapp-tasks.jsonl``): partner work (load, gate, encode, train,
 evaluate, statistics), ClientApp task handling (pull, push through the Runtime API) and
-the rest (Flower transport and polling). The cost of one stock ``flwr-clientapp``
+the rest (Flower transport and polling); from the ServerApp's exchange journal
+(``FEDCRM_GRID_JOURNAL``): seconds pushing orders to the SuperLink, waiting for replies, and
+the coordinator's own work between exchanges. The cost of one stock ``flwr-clientapp``
 process start is measured apart (importing what it imports, 3 times). Time to quality:
 the first round whose model is within 0.005 ROC AUC of pooled logistic regression on the
 common test set, in wall seconds from the call that ``fedcrm coordinator run`` makes.
@@ -53,7 +57,8 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 RAW = RESULTS / "raw"
 TOLERANCE = 0.005
 ROW_KEY = ("setting", "seed")
-SETTINGS = ("deployment", "deployment_stock", "simulation")
+SETTINGS = ("deployment", "deployment_sqlstate", "deployment_stock", "simulation")
+GRID_JOURNAL = "grid-exchanges.jsonl"
 WORK_STEPS = ("load", "gate", "encode", "train", "evaluate", "statistics")
 PARTNERS = ("A", "B", "C")
 TASK = DATASETS / "tasks" / "telco_churn.yaml"
@@ -197,17 +202,22 @@ def _run_config(rounds: int, seed: int, run_id: str):  # noqa: ANN202
     return load_run_config(RUN_CONFIG, {"rounds": rounds, "seed": seed, "run_id": run_id})
 
 
-def run_deployment_setting(work: Path, configs: list[Path], rounds: int, seed: int, *, stock: bool) -> dict[str, Any]:
+def run_deployment_setting(work: Path, configs: list[Path], rounds: int, seed: int, *, stock: bool,
+                           sql_state: bool = False) -> dict[str, Any]:
     """SuperLink + three joins + one run; returns timings (the processes are stopped by PID)."""
     from fedcrm.coordinator.deployment import run_deployment
-    from fedcrm.coordinator.grid_polling import POLL_ENV
+    from fedcrm.coordinator.grid_polling import JOURNAL_ENV, POLL_ENV
     from fedcrm.coordinator.processes import stop_processes
     from fedcrm.coordinator.superlink import free_port, start_superlink, stop_superlink
 
-    setting = "deployment_stock" if stock else "deployment"
+    setting = "deployment_stock" if stock else "deployment_sqlstate" if sql_state else "deployment"
     previous_poll = os.environ.get(POLL_ENV)
     os.environ[POLL_ENV] = "3" if stock else "0.1"  # read by the ServerApp the SuperLink starts
-    link = start_superlink(work / f"superlink-{setting}")
+    journal = work / GRID_JOURNAL
+    journal.unlink(missing_ok=True)
+    os.environ[JOURNAL_ENV] = str(journal)
+    state_dir = work / f"superlink-{setting}"
+    link = start_superlink(state_dir, database=state_dir / "state.db" if sql_state else None)
     joins: list[subprocess.Popen[bytes]] = []
     try:
         for config in configs:
@@ -231,11 +241,33 @@ def run_deployment_setting(work: Path, configs: list[Path], rounds: int, seed: i
             except subprocess.TimeoutExpired:
                 stop_processes({join.pid})
         stop_superlink(link)
+        os.environ.pop(JOURNAL_ENV, None)
         if previous_poll is None:
             os.environ.pop(POLL_ENV, None)
         else:
             os.environ[POLL_ENV] = previous_poll
-    return {"run_dir": result.run_dir, "t0": t0, "total_s": total, "error": result.error}
+    return {"run_dir": result.run_dir, "t0": t0, "total_s": total, "error": result.error, "journal": journal}
+
+
+def exchange_breakdown(journal: Path, rounds: int) -> list[dict[str, float]]:
+    """Per round, from the ServerApp's exchange journal: exchanges, push, wait and between-exchange seconds."""
+    if not journal.exists():
+        return []
+    entries = [json.loads(line) for line in journal.read_text().splitlines() if line]
+    per_round: list[dict[str, float]] = [{"exchanges": 0, "push_s": 0.0, "wait_s": 0.0, "between_s": 0.0}
+                                         for _ in range(rounds)]
+    previous_end: float | None = None
+    for e in entries:
+        k = int(e["group_id"]) if str(e.get("group_id", "")).isdigit() else 0
+        if 1 <= k <= rounds:
+            acc = per_round[k - 1]
+            acc["exchanges"] += 1
+            acc["push_s"] += e["push_s"]
+            acc["wait_s"] += e["last_reply_s"] - e["push_s"]
+            if previous_end is not None:
+                acc["between_s"] += max(0.0, e["started"] - previous_end)
+        previous_end = e["started"] + e["last_reply_s"]
+    return [{key: round(v, 3) for key, v in r.items()} for r in per_round]
 
 
 def run_simulation_setting(work: Path, configs: list[Path], rounds: int, seed: int) -> dict[str, Any]:
@@ -257,7 +289,8 @@ def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> 
     if setting == "simulation":
         out = run_simulation_setting(work / setting, configs, rounds, seed)
     else:
-        out = run_deployment_setting(work / setting, configs, rounds, seed, stock=setting == "deployment_stock")
+        out = run_deployment_setting(work / setting, configs, rounds, seed, stock=setting == "deployment_stock",
+                                     sql_state=setting == "deployment_sqlstate")
     load_after = [round(x, 2) for x in os.getloadavg()]
     walls, since, startup = round_times(out["run_dir"], out["t0"])
     aucs = round_aucs(out["run_dir"], test_config, len(walls))
@@ -271,6 +304,8 @@ def measure(setting: str, work: Path, rounds: int, seed: int, results: Path) -> 
         "stage_s": stage_times(out["run_dir"]),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    if out.get("journal"):
+        row["exchanges"] = exchange_breakdown(out["journal"], rounds)
     if setting == "deployment":
         row["breakdown"] = worker_breakdown([c.parent for c in configs], rounds)
         logs = [(c.parent / "work" / "flwr_home" / "clientapp.log") for c in configs]
@@ -293,7 +328,8 @@ def _warm_up(log: Path) -> float | None:
 # -- report ---------------------------------------------------------------------------------------
 
 LABELS = {
-    "deployment": "deployment (fedcrm: process isolation, one worker per partner, short polls)",
+    "deployment": "deployment (fedcrm: process isolation, one worker per partner, short polls, SuperLink state in memory)",
+    "deployment_sqlstate": "deployment, SuperLink state in Flower's SQLite store (--state-db)",
     "deployment_stock": "deployment, Flower stock (one flwr-clientapp per message, 3 s polls)",
     "simulation": "simulation (Ray)",
 }
@@ -339,15 +375,24 @@ def write_report(results: Path, report: Path, img_dir: Path, meta: dict[str, Any
                   "SuperNode and worker polls; 5 message exchanges per SecAgg+ round). No process starts during "
                   "a round.", ""]
         brow = []
+        exchanges = dep.get("exchanges") or []
         for k, (wall, b) in enumerate(zip(dep["round_wall_s"], dep["breakdown"], strict=False), start=1):
             work = sum(b.get(s, 0.0) for s in WORK_STEPS)
             handling = b.get("task_handling", 0.0)
             call_other = max(0.0, b.get("clientapp_call", 0.0) - work)
             rest = max(0.0, wall - handling - b.get("clientapp_call", 0.0))
+            x = exchanges[k - 1] if k <= len(exchanges) else {}
             brow.append([k, f"{wall:.2f}", *(f"{b.get(s, 0.0):.3f}" for s in WORK_STEPS), f"{call_other:.3f}",
-                         f"{handling:.3f}", f"{rest:.2f}", int(b.get("tasks", 0))])
+                         f"{handling:.3f}", f"{rest:.2f}", int(b.get("tasks", 0)),
+                         *(f"{x[key]:.2f}" if key in x else "–" for key in ("push_s", "wait_s", "between_s"))])
         lines.append(markdown_table(["round", "wall s", *WORK_STEPS, "ClientApp other (SecAgg+ crypto, Flower)",
-                                     "task handling", "Flower transport + polling", "tasks"], brow))
+                                     "task handling", "Flower transport + polling", "tasks",
+                                     "ServerApp pushing orders", "ServerApp waiting for replies",
+                                     "coordinator between exchanges"], brow))
+        lines += ["", "The last three columns are the coordinator's view of the same round (its exchange journal): "
+                      "pushing each exchange's messages and their objects to the SuperLink, waiting until every "
+                      "reply is back, and its own work between exchanges (aggregation, SecAgg+ unmasking, "
+                      "checkpoint, recording)."]
         warm = [w for w in dep.get("worker_warm_up_s", []) if w is not None]
         if warm:
             lines += ["", f"Each worker's one-time start-up (imports + one torch optimiser step) took "

@@ -25,6 +25,7 @@ from fedcrm.consent.checkpoint import Checkpoint
 from fedcrm.consent.events import TaskApprovalEvent
 from fedcrm.consent.ledger import Ledger
 from fedcrm.consent.policy import check_category
+from fedcrm.consent.taxonomy import Vocabulary
 from fedcrm.errors import ClientError, VocabularyError
 from fedcrm.protocol import TaskSchema
 
@@ -89,18 +90,25 @@ def _held_categories(config: PartnerConfig, task: TaskSchema) -> dict[str, str]:
     return columns
 
 
-def policy_problems(config: PartnerConfig, task: TaskSchema) -> list[str]:
-    """Why this partner's policy does not allow the task's purpose (empty: it does)."""
-    purpose = task.purpose
+def purpose_problems(config: PartnerConfig, purpose: str) -> tuple[list[str], Vocabulary | None]:
+    """Why this partner takes no part in ``purpose`` at all (empty: it may), and its vocabulary when it may."""
     allow_list = config.privacy.purposes
     if allow_list is not None and purpose not in allow_list:
-        return [f"purpose '{purpose}' is not in this partner's privacy.purposes ({', '.join(allow_list) or 'none'})"]
+        return [f"purpose '{purpose}' is not in this partner's privacy.purposes ({', '.join(allow_list) or 'none'})"], None
     vocab = partner_vocabulary(config)
     try:
         vocab.purpose(purpose)
     except VocabularyError as exc:
-        return [f"the partner's consent vocabulary does not know it: {exc}"]
-    problems = []
+        return [f"the partner's consent vocabulary does not know it: {exc}"], None
+    return [], vocab
+
+
+def policy_problems(config: PartnerConfig, task: TaskSchema) -> list[str]:
+    """Why this partner's policy does not allow the task's purpose (empty: it does)."""
+    purpose = task.purpose
+    problems, vocab = purpose_problems(config, purpose)
+    if vocab is None:
+        return problems
     for column, category in _held_categories(config, task).items():
         if not category or category not in vocab.categories:
             problems.append(f"column '{column}' has no known data category ('{category or 'none'}')")

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
@@ -35,12 +35,16 @@ from fedcrm.client.ingest import iter_raw_chunks
 from fedcrm.errors import FedcrmError
 from fedcrm.protocol import TaskSchema, load_task_schema
 
+if TYPE_CHECKING:
+    from fedcrm.consent.taxonomy import Vocabulary
+
 __all__ = ["CheckReport", "Finding", "check_partner", "did_you_mean"]
 
 Severity = Literal["error", "warning", "info"]
 
 #: Finding kinds, in the order the report lists them.
-KINDS = ("config", "vocabulary", "header", "feature_mapping", "values", "category", "consent", "min_count", "approval")
+KINDS = ("config", "vocabulary", "header", "feature_mapping", "values", "category", "consent", "min_count", "approval",
+         "privacy")
 
 
 @dataclass(frozen=True)
@@ -367,8 +371,67 @@ def approval_findings(config: PartnerConfig, task: TaskSchema, report: CheckRepo
                    f"for purpose '{mine.purpose}'")
 
 
+def privacy_findings(config: PartnerConfig, purpose: str, vocab: Vocabulary, report: CheckReport, *,
+                     dp_mode: str = "off", planned_epsilon: float | None = None, dp_statistics: bool = False,
+                     task: TaskSchema | None = None) -> None:
+    """The purpose's DP policy and ε budget against what the run plans (read-only; ``fedcrm.consent.budget``).
+
+    The planned spend is DP-SGD's target ε plus, when the statistics round will be noised (the
+    purpose requires DP, or the run asks), the partner's own ``statistics_epsilon``; both are
+    charged to the same budget (basic composition, docs/privacy.md).
+    """
+    from fedcrm.consent import budget  # noqa: PLC0415
+    from fedcrm.consent.ledger import Ledger  # noqa: PLC0415
+
+    policy = budget.purpose_privacy(purpose, vocab)
+    required = policy is not None and policy.differential_privacy == "required"
+    if required and dp_mode != "record":
+        report.add("privacy", "error", f"purpose '{purpose}' requires record-level differential privacy; the run "
+                   f"asks for {'none' if dp_mode == 'off' else dp_mode + '-level DP'}: set [run.dp] mode = "
+                   "\"record\" and target_epsilon")
+    noised_statistics = dp_statistics or required
+    if noised_statistics and task is not None:
+        held = set(config.feature_columns())
+        unbounded = [f.name for f in task.features if f.type == "numeric" and f.name in held and f.bounds is None]
+        if unbounded:
+            report.add("privacy", "error", f"the statistics round will be noised (differential privacy), which needs "
+                       f"public clipping bounds for numeric feature(s) {unbounded}: declare `bounds: [low, high]` for "
+                       f"each in task schema {task.name} {task.version}")
+    if policy is None:
+        return
+    try:
+        ledger = Ledger.open(config.ledger_url)
+    except FedcrmError as exc:
+        report.add("privacy", "error", f"ε budget not checked: {exc}")
+        return
+    try:
+        status = budget.budget_status(ledger, purpose, datetime.now(UTC), vocabulary=vocab)
+    except FedcrmError as exc:
+        report.add("privacy", "error", f"ε budget not checked: {exc}")
+        return
+    finally:
+        ledger.close()
+    assert status.remaining is not None
+    parts: dict[str, float] = {}
+    if dp_mode == "record" and planned_epsilon is not None:
+        parts["DP-SGD"] = planned_epsilon
+    if noised_statistics:
+        parts["noised statistics round"] = config.privacy.statistics_epsilon
+    planned = sum(parts.values())
+    # Name the parts whenever the spend is not DP-SGD's alone.
+    detail = f" ({' + '.join(f'{k} {v:g}' for k, v in parts.items())})" if set(parts) - {"DP-SGD"} else ""
+    if parts and planned > status.remaining + 1e-9:
+        report.add("privacy", "error", f"partner {config.name}: the run's planned spend of ε = {planned:g}{detail} "
+                   f"for purpose '{purpose}' exceeds the remaining budget ε = {status.remaining:.4g} (budget "
+                   f"{policy.epsilon_budget:g} per {policy.period}, {status.spent:.4g} spent); the partner will refuse it")
+    else:
+        report.add("privacy", "info", f"ε budget for '{purpose}': {status.remaining:.4g} of {policy.epsilon_budget:g} "
+                   f"left this {policy.period}" + (f"; the run plans ε = {planned:g}{detail}" if parts else ""))
+
+
 def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | None = None, *,
-                  purpose: str | None = None, min_count: int | None = None) -> CheckReport:
+                  purpose: str | None = None, min_count: int | None = None, dp_mode: str = "off",
+                  planned_epsilon: float | None = None, dp_statistics: bool = False) -> CheckReport:
     """Run every preflight check for one partner; never raises for a problem it can report.
 
     Parameters
@@ -379,6 +442,11 @@ def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | 
         Purpose to check categories and consent against (default: the task's).
     min_count
         The run's minimum count (the larger of it and the partner's own applies).
+    dp_mode, planned_epsilon
+        The run's differential privacy (``[run.dp]``): checked against the purpose's policy and
+        the partner's remaining ε budget.
+    dp_statistics
+        The run asks for a noised statistics round (``[run.dp] statistics``); its ε counts too.
     """
     from fedcrm.client.vocabulary import partner_vocabulary  # noqa: PLC0415
 
@@ -439,6 +507,8 @@ def check_partner(config_path: Path | str, task_path: Path | str | TaskSchema | 
         except FedcrmError as exc:
             report.add("category", "error", str(exc))
             return report
+        privacy_findings(config, purpose, vocab, report, dp_mode=dp_mode, planned_epsilon=planned_epsilon,
+                         dp_statistics=dp_statistics, task=task)
         allowed = _check_categories(config, task, purpose, vocab, report)
         id_col = config.customer_id_column
         if id_col in values:

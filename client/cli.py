@@ -187,10 +187,11 @@ def merge(
 
 
 # Commands kept in their own modules (one job each): approve tasks, join a run, score, analytics.
-from fedcrm.client import cli_approve, cli_check, cli_join, cli_keys, cli_score  # noqa: E402
+from fedcrm.client import cli_approve, cli_benefit, cli_check, cli_join, cli_keys, cli_score  # noqa: E402
 from fedcrm.client.cli_analytics import register as register_analytics  # noqa: E402
 
 cli_approve.register(app)
+cli_benefit.register(app)
 cli_check.register(app)
 cli_join.register(app)
 cli_keys.register(app)

@@ -33,11 +33,18 @@ def check(
     purpose: str = typer.Option(None, help="Purpose to check categories and consent for (default: the task's)."),
     min_count: int = typer.Option(None, "--min-count", help="The run's minimum count, if above the partner's."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON instead of a table."),
+    dp_mode: str = typer.Option("off", "--dp-mode", help="The run's differential privacy: off, record or client."),
+    dp_epsilon: float = typer.Option(None, "--dp-epsilon", help="The run's planned ε (record-level DP)."),
+    dp_statistics: bool = typer.Option(False, "--dp-statistics",
+                                       help="The run asks for a noised statistics round ([run.dp] statistics)."),
 ) -> None:
     """Check config, export, task mapping, value maps, categories, consent and minimum counts in seconds."""
     from fedcrm.client.check import check_partner, report_json
 
-    reports = [check_partner(c, task, purpose=purpose, min_count=min_count) for c in config]
+    if dp_mode not in ("off", "record", "client"):
+        raise typer.BadParameter(f"'{dp_mode}' is not one of off, record, client", param_hint="--dp-mode")
+    reports = [check_partner(c, task, purpose=purpose, min_count=min_count, dp_mode=dp_mode,
+                             planned_epsilon=dp_epsilon, dp_statistics=dp_statistics) for c in config]
     if as_json:
         typer.echo(report_json(reports))
     else:

@@ -19,7 +19,8 @@ def score(
     explain: int = typer.Option(0, "--explain", min=0, max=50, metavar="K",
                                 help="Also write each customer's top K reasons (your column, your value, effect)."),
     explain_steps: int = typer.Option(None, "--explain-steps", min=4, max=1000,
-                                      help="Integrated-gradients steps (default 16)."),
+                                      help="Compute the reasons numerically with Captum in N steps instead of "
+                                           "the exact closed form (a slower cross-check)."),
 ) -> None:
     """Score current customers through the consent gate; output keyed by your own customer id."""
     from fedcrm.client.score import score_partner
@@ -34,8 +35,9 @@ def score(
     if result.n_excluded:
         console.print(f"  {result.n_excluded} customer(s) left out: their consent does not cover the task's purpose")
     if result.explain_gap is not None:
-        console.print(f"  top {explain} reasons per customer (integrated gradients; largest completeness gap "
-                      f"{result.explain_gap:.2g} logit)")
+        how = f"Captum, {explain_steps} steps" if explain_steps else "exact"
+        console.print(f"  top {explain} reasons per customer (integrated gradients, {how}; largest completeness "
+                      f"gap {result.explain_gap:.2g} logit)")
     console.print(f"  recorded in the consent ledger as job {result.job_id} (stage 'score')")
 
 

@@ -177,6 +177,13 @@ class PrivacySpec(_Strict):
     ledger_key_file: Path = Path("ledger.key")
     node_key_file: Path = Field(Path("node.key"), description="SuperNode authentication key (its .pub goes to the operator)")
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Local hold-out share for federated evaluation")
+    statistics_epsilon: float = Field(
+        0.5, gt=0.0, le=10.0, description="ε this partner allots to one noised statistics round (client/dp_sums.py)")
+    profiles_epsilon: float = Field(
+        0.5, gt=0.0, le=10.0, description="ε this partner allots to one noised segment-profile release")
+    release_delta: float | None = Field(
+        None, gt=0.0, lt=1e-2, description="δ of one noised statistics or profile release (default: the purpose's "
+                                           "max_delta)")
     egress_journal: Literal["off", "digest", "full"] = Field(
         "digest", description="Journal of what leaves the partner: digests only, or the full wire bytes"
     )
@@ -187,6 +194,18 @@ class PrivacySpec(_Strict):
     )
 
 
+class ContactsSpec(_Strict):
+    """Contact identifiers kept at home for customer-overlap PSI (never ingested, never sent)."""
+
+    path: Path = Field(description="CSV of customer id, e-mail and/or phone (relative to the config file)")
+    customer_id: str = "customer_id"
+    email: str | None = "email"
+    phone: str | None = "phone"
+    delimiter: str = ","
+    default_country_code: str = Field("", pattern=r"^[0-9]{0,3}$",
+                                      description="Prefixed to national phone numbers (leading single 0)")
+
+
 class PartnerConfig(_Strict):
     """A partner's whole config file."""
 
@@ -195,6 +214,7 @@ class PartnerConfig(_Strict):
     source: SourceSpec
     columns: dict[str, ColumnSpec]
     transactions: TransactionSpec | None = None
+    contacts: ContactsSpec | None = Field(None, description="Contact identifiers for customer-overlap PSI")
     privacy: PrivacySpec = PrivacySpec()
     work_dir: Path = Path("work")
     quality: dict[str, Any] | None = Field(None, description="Data-quality rules (see client/quality.py)")

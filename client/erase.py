@@ -5,7 +5,14 @@ partner key, calls :meth:`fedcrm.consent.ledger.Ledger.erase_subject` (one trans
 payloads, subject-set rows and rotation rows removed, an erasure event with the
 subject's suppression hashes appended), then rewrites every ingested table of the work
 dir (customers, id map, transactions) without the customer, each through a 0600
-temporary file and ``os.replace`` (atomic per file).
+temporary file and ``os.replace`` (atomic per file), and deletes the memory-mapped round
+table (``.customers.arrow``, rebuilt from the purged table by the next round).
+
+Last, the partner's in-process caches (consented views, encoded training rows, the gate's
+memo of subject columns; ``client/partner_session.py``) are dropped, so a long-lived partner
+process (the SuperNode's ClientApp worker) cannot train on the customer from rows it encoded
+before the erasure. (Another process's caches are keyed by the table's mtime and size, which
+the purge changes, and its gate refuses the suppressed pseudonyms whatever it holds.)
 
 Order matters: the ledger goes first. From its commit on, the gate refuses the
 customer's pseudonyms in every later run whatever the tables hold, so a crash between
@@ -22,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedcrm.client.config import PartnerConfig
-from fedcrm.client.ingest import CUSTOMERS_FILE, ID_MAP_FILE, create_private
+from fedcrm.client.ingest import CUSTOMERS_FILE, ID_MAP_FILE, ROUND_TABLE_FILE, create_private
 from fedcrm.client.pseudonymise import load_key, pseudonymise
 from fedcrm.client.transaction_ingest import TRANSACTIONS_FILE
 from fedcrm.consent.erasure import ErasureResult
@@ -73,4 +80,10 @@ def erase_customer(config: PartnerConfig, customer_id: str, *, request_id: str) 
     with Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path) as ledger:
         aliases = set(ledger.resolve(subject))
         result = ledger.erase_subject(subject, request_id=request_id)
-    return ClientErasure(subject, result, purge_tables(config.work_path, aliases))
+    removed = purge_tables(config.work_path, aliases)
+    # The memory-mapped round table still holds the customer: gone now, rebuilt from the purged table next round.
+    (config.work_path / ROUND_TABLE_FILE).unlink(missing_ok=True)
+    from fedcrm.client.partner_session import forget_partner  # noqa: PLC0415 (the round caches are partner_session's)
+
+    forget_partner(config)
+    return ClientErasure(subject, result, removed)

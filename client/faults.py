@@ -10,8 +10,15 @@ message carrying SecAgg+'s own stage (setup, share_keys, collect_masked_vectors,
 the fit order itself rides inside ``collect_masked_vectors``, so that message answers to
 both ``collect_masked_vectors`` and ``fit``. Under plain FedAvg a ``train`` message is
 ``fit``, an ``evaluate`` message is ``evaluate``, and a query carries fedcrm's own stage
-(``hello`` or ``stats``). The round is the message's group id, which every Flower workflow
-sets to the round (``0`` for the handshake and statistics round).
+(``hello``, or ``stats`` for the statistics round of a plain comparison run).
+
+The statistics round of a secure run (the default) is itself a SecAgg+ sum
+(:mod:`fedcrm.coordinator.secure_sum`): its statistics order rides inside that sum's
+``collect_masked_vectors`` message, so ``stats`` fails a partner there (that message answers to
+``collect_masked_vectors``, ``fit`` and ``stats``), and the sum's other messages answer to their
+SecAgg+ stage only. The other secure sums (segments, k-means) carry stages of their own, which
+no fault spec names. The round is the message's group id, which every Flower workflow sets to
+the round (``0`` for the handshake and the statistics round).
 """
 
 from __future__ import annotations

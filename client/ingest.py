@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from fedcrm.client.config import ColumnSpec, PartnerConfig
 from fedcrm.client.export_reader import LINE_COLUMN, CsvExport, CsvLayout, ReadTally, Reject, shown
+from fedcrm.client.holdout import HOLDOUT_BUCKET, buckets
 from fedcrm.client.pseudonymise import load_key, pseudonymise_series
 from fedcrm.client.quality_rules import SpellingMaps, apply_spellings, learn_spellings, quality_rules
-from fedcrm.errors import DataValidationError, ExportFormatError, RejectFractionExceeded
+from fedcrm.errors import ConfigError, DataValidationError, ExportFormatError, RejectFractionExceeded
 from fedcrm.logging import get_logger
 
 log = get_logger(__name__)
@@ -349,6 +350,8 @@ def parse_chunk(
         out[feature] = parsed[column][keep]
     if config.label_column:
         out[LABEL] = parsed[config.label_column][keep].astype("int8")
+    # Computed once here, so a round never re-hashes every pseudonym to find its hold-out.
+    out[HOLDOUT_BUCKET] = buckets(out[SUBJECT].astype(str))
     id_map = pd.DataFrame({SUBJECT: out[SUBJECT], "customer_id": raw_ids[keep].astype("string")})
     return out.reset_index(drop=True), id_map.reset_index(drop=True)
 
@@ -486,6 +489,107 @@ def load_table(config: PartnerConfig, filename: str) -> pd.DataFrame:
 def load_customers(config: PartnerConfig) -> pd.DataFrame:
     """The ingested, pseudonymised customer table (ingesting first if it is missing or stale)."""
     return load_table(config, CUSTOMERS_FILE)
+
+
+def load_customers_lean(config: PartnerConfig) -> pd.DataFrame:
+    """The ingested table, lean: text columns as pandas categories, every row's hold-out bucket.
+
+    What a partner's federated rounds read (``partner_session``). Same staleness rule as
+    :func:`load_customers` (missing or older than the export: ingest first). Categorical columns stay dictionary-encoded (a few bytes a row instead of
+    a Python string each); a table ingested before the bucket column existed is bucketed here.
+    """
+    path = config.work_path / CUSTOMERS_FILE
+    source = config.resolve(config.source.path)
+    if not path.exists() or (source.exists() and source.stat().st_mtime > path.stat().st_mtime):
+        ingest(config)
+    load_key(config.key_path)
+    schema = pq.read_schema(path)
+    text = [f.name for f in schema if f.name != SUBJECT and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    frame = pq.read_table(path, read_dictionary=text).to_pandas()
+    if HOLDOUT_BUCKET not in frame.columns:
+        frame[HOLDOUT_BUCKET] = buckets(frame[SUBJECT].astype(str))
+    return frame
+
+
+#: The round table: the ingested customers as one uncompressed Arrow IPC file, memory-mapped by every round.
+ROUND_TABLE_FILE = ".customers.arrow"
+_ROUND_TABLE_SOURCE = b"fedcrm.source"
+
+
+def open_customers_mapped(config: PartnerConfig) -> pa.Table:
+    """The ingested table as a memory-mapped Arrow table: what a partner's federated rounds gate and encode.
+
+    The Parquet table is decoded once into ``.customers.arrow`` beside it (0600, text columns
+    dictionary-encoded, the hold-out bucket added for older tables, one record batch), stamped
+    with the Parquet file's mtime and size and rebuilt when they change (re-ingest, erasure,
+    key rotation). Every later round maps it: opening costs nothing, and only the pages a
+    round touches (the subject column for the gate; the rest when rows are encoded) are read,
+    from the page cache, instead of decoding the whole table into memory again. Same
+    staleness rule as :func:`load_customers` (missing or older than the export: ingest first).
+    """
+    path = config.work_path / CUSTOMERS_FILE
+    source = config.resolve(config.source.path)
+    if not path.exists() or (source.exists() and source.stat().st_mtime > path.stat().st_mtime):
+        ingest(config)
+    load_key(config.key_path)
+    stat = path.stat()
+    stamp = f"{stat.st_mtime_ns}:{stat.st_size}".encode()
+    mapped = config.work_path / ROUND_TABLE_FILE
+    table = _read_mapped(mapped)
+    if table is None or (table.schema.metadata or {}).get(_ROUND_TABLE_SOURCE) != stamp:
+        schema = pq.read_schema(path)
+        text = [f.name for f in schema
+                if f.name != SUBJECT and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+        decoded = pq.read_table(path, read_dictionary=text)
+        if HOLDOUT_BUCKET not in decoded.column_names:
+            subjects = decoded.column(SUBJECT).to_pandas().astype(str)
+            decoded = decoded.append_column(HOLDOUT_BUCKET, pa.array(buckets(subjects), type=pa.uint32()))
+        decoded = decoded.combine_chunks()
+        decoded = decoded.replace_schema_metadata({**(decoded.schema.metadata or {}), _ROUND_TABLE_SOURCE: stamp})
+        tmp = mapped.with_name(f"{ROUND_TABLE_FILE}.tmp")
+        try:
+            create_private(tmp)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as writer:
+                writer.write_table(decoded, max_chunksize=max(len(decoded), 1))
+            os.replace(tmp, mapped)
+        finally:
+            tmp.unlink(missing_ok=True)
+        del decoded
+        table = _read_mapped(mapped)
+        assert table is not None
+    return table
+
+
+def _read_mapped(path: Path) -> pa.Table | None:
+    """The Arrow IPC file at ``path``, memory-mapped (zero copy); None when missing or unreadable."""
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (FileNotFoundError, pa.ArrowInvalid):
+        return None
+
+
+def read_contacts(config: PartnerConfig) -> pd.DataFrame:
+    """The partner's contacts file (``[contacts]``) as text columns ``customer_id, email, phone`` (errors name the file).
+
+    Raw identifiers: read only here, pseudonymised and gated by ``client/federated/overlap.py`` at once.
+    """
+    spec = config.contacts
+    if spec is None:
+        raise ConfigError(f"partner {config.name}: no [contacts] section in its config: nothing to intersect")
+    path = config.resolve(spec.path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter=spec.delimiter))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: contacts file not found ([contacts] path)") from None
+    wanted = {"customer_id": spec.customer_id, "email": spec.email, "phone": spec.phone}
+    header = set(rows[0]) if rows else set()
+    for role, column in wanted.items():
+        if column is not None and rows and column not in header:
+            raise DataValidationError(f"{path}: column '{column}' ([contacts] {role}) is not in the header")
+    frame = pd.DataFrame({role: [r.get(col) or "" for r in rows] if col else [""] * len(rows)
+                          for role, col in wanted.items()})
+    return frame
 
 
 def load_id_map(config: PartnerConfig) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fedcrm.client.config import PartnerConfig
 from fedcrm.client.erase import TABLES
-from fedcrm.client.ingest import create_private, load_customers, load_id_map
+from fedcrm.client.ingest import ROUND_TABLE_FILE, create_private, load_customers, load_id_map
 from fedcrm.client.pseudonymise import create_key, key_id, load_key, pseudonymise
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent.events import pseudonym_key_id
@@ -102,6 +102,6 @@ def rotate_key(config: PartnerConfig) -> RotationResult:
             _write_private(retired, config.key_path.read_bytes())
         os.replace(pending, config.key_path)  # atomic: the key file is always one whole key
         orphaned = orphaned_receipts(ledger, new_id)
-    for name in TABLES:
+    for name in (*TABLES, ROUND_TABLE_FILE):
         (config.work_path / name).unlink(missing_ok=True)  # rebuilt under the new key on next use
     return RotationResult(old_id, new_id, len(mapping), orphaned, retired, head)

@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, ConfigDict, Field, StrictStr
 
-from fedcrm.asgi import AccessLog, BodyLimit
+from fedcrm.asgi import ApiModel, add_error_handlers, add_middleware, authorize, error_responses
 from fedcrm.consent.erasure import Erased, ErasureRequest
 from fedcrm.consent.events import _PSEUDONYM
 from fedcrm.consent.ledger import Ledger
@@ -43,12 +42,9 @@ from fedcrm.consent.subject import SubjectReport, subject_report
 from fedcrm.consent.taxonomy import default_vocabulary
 from fedcrm.consent.tokens import TokenRecord, TokenStore
 from fedcrm.errors import (
-    AuthorizationError,
-    ConfigError,
     ConsentError,
     ConsentImportError,
     DuplicateReceipt,
-    FedcrmError,
     SigningKeyError,
     VocabularyError,
 )
@@ -91,17 +87,7 @@ UtcTime = Annotated[AwareDatetime, BeforeValidator(_strictly_text), AfterValidat
 # --- schemas ------------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Problem(_Model):
-    """Error body: what was wrong, in words."""
-
-    detail: str
-
-
-class Head(_Model):
+class Head(ApiModel):
     """A signed tree head (C2SP checkpoint note)."""
 
     origin: str
@@ -110,20 +96,20 @@ class Head(_Model):
     note: str = Field(description="The full signed note; verify it with the ledger's public key.")
 
 
-class InclusionProof(_Model):
+class InclusionProof(ApiModel):
     index: int
     size: int
     leaf_hash: str = Field(description="base64 RFC 9162 leaf hash")
     proof: list[str] = Field(description="base64 hashes, RFC 9162 §2.1.3")
 
 
-class ConsistencyProof(_Model):
+class ConsistencyProof(ApiModel):
     old: int
     new: int
     proof: list[str] = Field(description="base64 hashes, RFC 9162 §2.1.4")
 
 
-class ConsentRequest(_Model):
+class ConsentRequest(ApiModel):
     """A grant or withdrawal. Omitted categories: every category of the purpose."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -148,7 +134,7 @@ class ConsentRequest(_Model):
     receipt_id: StrictStr | None = Field(None, min_length=1, max_length=200, description="Only with one category.")
 
 
-class Appended(_Model):
+class Appended(ApiModel):
     """What a write appended, and the signed head after it."""
 
     first_index: int
@@ -157,7 +143,7 @@ class Appended(_Model):
     head: Head
 
 
-class Verification(_Model):
+class Verification(ApiModel):
     ok: bool
     checked_size: int
     head_size: int
@@ -166,7 +152,7 @@ class Verification(_Model):
     failure: str
 
 
-class EventOut(_Model):
+class EventOut(ApiModel):
     index: int
     erased: bool
     leaf_hash: str
@@ -176,58 +162,19 @@ class EventOut(_Model):
 # --- auth -----------------------------------------------------------------------------------
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `fedcrm consent token create`.")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "Bad request (names the field)"},
-    401: {"model": Problem, "description": "Missing or unknown bearer token"},
-    403: {"model": Problem, "description": "The token's role may not do this"},
-    404: {"model": Problem, "description": "No such resource"},
-    409: {"model": Problem, "description": "A receipt id is already in the ledger (nothing was written)"},
-    413: {"model": Problem, "description": "Request body over the limit (refused while streaming)"},
-    422: {"model": Problem, "description": "Invalid parameters or body (names the field)"},
-    503: {"model": Problem, "description": "The server cannot sign or authorise right now (misconfigured)"},
-}
-#: Query parameters that look like a credential: refused, because URLs end up in logs and histories.
-_TOKEN_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "bearer"})
-
-
-class _Forbidden(Exception):
-    pass
-
-
-class _BadRequest(Exception):
-    pass
-
-
-class _Unavailable(Exception):
-    pass
+_ERRORS = error_responses({
+    409: "A receipt id is already in the ledger (nothing was written)",
+    503: "The server cannot sign or authorise right now (misconfigured)",
+})
 
 
 def _role(*roles: str) -> Callable[..., TokenRecord]:
     def check(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> TokenRecord:
-        if _TOKEN_PARAMS & {k.lower() for k in request.query_params}:
-            raise _BadRequest(
-                "tokens are accepted only in the 'Authorization: Bearer' header, never in the URL; "
-                "revoke a token that was sent in one"
-            )
-        store: TokenStore = request.app.state.tokens
-        try:
-            record = store.authenticate(credentials.credentials if credentials else None)
-        except ConfigError as exc:
-            log.error("token file unusable; refusing every request", extra={"problem": str(exc)})
-            raise _Unavailable("the server's token file is unusable; its operator has been told (see the log)") from None
-        request.state.principal = record.name
-        if record.role not in roles:
-            raise _Forbidden(f"role '{record.role}' may not {request.method} {_template(request)}")
-        return record
+        return authorize(request, credentials, roles, log=log)
 
     return check
-
-
-def _template(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", request.url.path))
 
 
 Auditor = Depends(_role("auditor"))
@@ -380,7 +327,7 @@ def report(
     try:
         begin, stop = report_period(start, end)
     except ValueError as exc:
-        raise _BadRequest(str(exc)) from None
+        raise HTTPException(400, str(exc)) from None
     built = build_report(ledger, begin, stop)
     return HTMLResponse(render_html(built)) if format == "html" else built
 
@@ -412,24 +359,6 @@ def events(
 # --- the app ----------------------------------------------------------------------------------
 
 
-def _problem(status: int) -> Callable[[Request, Exception], JSONResponse]:
-    def handle(_request: Request, exc: Exception) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
-
-    return handle
-
-
-def _invalid(_request: Request, exc: Exception) -> JSONResponse:
-    """422 with one sentence naming each bad field (``query.start: …``); input values are not echoed."""
-    assert isinstance(exc, RequestValidationError)
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ())) or "request"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
-
-
 def create_app(ledger: Ledger, tokens_path: Path | str) -> FastAPI:
     """The consent API over an open ``ledger``, authorising with the hashed tokens in ``tokens_path``."""
     app = FastAPI(
@@ -442,19 +371,9 @@ def create_app(ledger: Ledger, tokens_path: Path | str) -> FastAPI:
     app.state.tokens = TokenStore(tokens_path)
     for router in (heads, proofs, consents, subjects, audit):
         app.include_router(router)
-    # Most specific first: Starlette picks the handler of the nearest class in the MRO.
-    app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(_BadRequest, _problem(400))
-    app.add_exception_handler(AuthorizationError, _problem(401))
-    app.add_exception_handler(_Forbidden, _problem(403))
-    app.add_exception_handler(_Unavailable, _problem(503))
-    app.add_exception_handler(DuplicateReceipt, _problem(409))
-    app.add_exception_handler(ConsentImportError, _problem(422))
-    app.add_exception_handler(VocabularyError, _problem(422))
-    app.add_exception_handler(SigningKeyError, _problem(503))
-    app.add_exception_handler(ConsentError, _problem(400))
-    app.add_exception_handler(FedcrmError, _problem(500))
-    # Outermost last: the access log sees every answer, the 413s of the body limit included.
-    app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, per_path={"/consents/import": MAX_IMPORT_BYTES})
-    app.add_middleware(AccessLog, routes_of=app, logger="fedcrm.consent.access")
+    # Starlette picks the handler of the nearest class in the MRO: DuplicateReceipt is 409, other import errors 422.
+    add_error_handlers(app, {DuplicateReceipt: 409, ConsentImportError: 422, VocabularyError: 422,
+                             SigningKeyError: 503, ConsentError: 400})
+    add_middleware(app, max_body_bytes=MAX_BODY_BYTES, per_path={"/consents/import": MAX_IMPORT_BYTES},
+                   access_logger="fedcrm.consent.access")
     return app

@@ -148,7 +148,11 @@ def _record(
     console.print(f"signed tree head: size {head.size}")
 
 
-_CATEGORY_HELP = "Data category (repeatable); default: every category the purpose uses."
+# Options grant and withdraw share.
+CategoryOpt = Annotated[list[str] | None, typer.Option(
+    "--category", help="Data category (repeatable); default: every category the purpose uses.")]
+LegalBasisOpt = Annotated[str | None, typer.Option("--legal-basis", help="Default: the purpose's.")]
+EffectiveAtOpt = Annotated[str | None, typer.Option("--effective-at", help="ISO-8601 with zone; default now.")]
 
 
 @app.command()
@@ -158,9 +162,9 @@ def grant(
     subject: SubjectOpt = None,
     customer_id: CustomerOpt = None,
     partner_key: PartnerKeyOpt = None,
-    category: Annotated[list[str] | None, typer.Option("--category", help=_CATEGORY_HELP)] = None,
-    legal_basis: Annotated[str | None, typer.Option("--legal-basis", help="Default: the purpose's.")] = None,
-    effective_at: Annotated[str | None, typer.Option("--effective-at", help="ISO-8601 with zone; default now.")] = None,
+    category: CategoryOpt = None,
+    legal_basis: LegalBasisOpt = None,
+    effective_at: EffectiveAtOpt = None,
     expires_at: Annotated[str | None, typer.Option("--expires-at", help="ISO-8601 with zone.")] = None,
     source: Annotated[str, typer.Option("--source", help="Where the consent was given.")] = "cli",
     ledger: LedgerOpt = None,
@@ -180,9 +184,9 @@ def withdraw(
     subject: SubjectOpt = None,
     customer_id: CustomerOpt = None,
     partner_key: PartnerKeyOpt = None,
-    category: Annotated[list[str] | None, typer.Option("--category", help=_CATEGORY_HELP)] = None,
-    legal_basis: Annotated[str | None, typer.Option("--legal-basis", help="Default: the purpose's.")] = None,
-    effective_at: Annotated[str | None, typer.Option("--effective-at", help="ISO-8601 with zone; default now.")] = None,
+    category: CategoryOpt = None,
+    legal_basis: LegalBasisOpt = None,
+    effective_at: EffectiveAtOpt = None,
     source: Annotated[str, typer.Option("--source", help="Where the withdrawal or objection was made.")] = "cli",
     ledger: LedgerOpt = None,
     signing_key: SigningKeyOpt = None,
@@ -295,10 +299,45 @@ def report(
     table.add_row("grants / withdrawals", f"{grants} / {withdrawals}")
     table.add_row("uses", str(len(audit.uses)))
     table.add_row("refusals", str(len(audit.refusals)))
+    for spend in audit.privacy_spend:
+        left = "" if spend.remaining_at_end is None else f", {spend.remaining_at_end:.4g} of {spend.budget:g} left"
+        table.add_row(f"ε spent: {spend.partner} × {spend.purpose}", f"{spend.epsilon_spent:.4g} in {len(spend.runs)} run(s){left}")
     table.add_row("written", f"{json_path}\n{html_path}")
     console.print(table)
     if not audit.verification.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def budget(
+    at: Annotated[str | None, typer.Option("--at", help="ISO-8601 with zone; the period containing it (default now).")] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="One purpose (default: every purpose with a budget).")] = None,
+    ledger: LedgerOpt = None,
+    partner_dir: PartnerDirOpt = None,
+) -> None:
+    """ε budgets: per purpose, the budget, what this partner spent this period and what remains."""
+    from fedcrm.consent import budget as budgets  # noqa: PLC0415
+
+    when = _time(at, "--at") or datetime.now(UTC)
+    vocab = default_vocabulary()
+    keys = [purpose] if purpose else [k for k, p in vocab.purposes.items() if p.privacy is not None]
+    table = Table(title=f"ε budgets as of {when.isoformat()}")
+    for col in ("purpose", "DP", "budget", "period", "spent", "remaining", "runs"):
+        table.add_column(col)
+    try:
+        with open_ledger(ledger, None, partner_dir, write=False) as led:
+            for key in keys:
+                status = budgets.budget_status(led, key, when, vocabulary=vocab)
+                policy = vocab.purpose(key).privacy
+                table.add_row(
+                    key, policy.differential_privacy if policy else "–",
+                    "none" if status.budget is None else f"{status.budget:g}",
+                    "–" if status.period_start is None else f"{status.period} from {status.period_start.date()}",
+                    f"{status.spent:.4g}", "–" if status.remaining is None else f"{status.remaining:.4g}",
+                    str(len(status.runs)))
+    except (FedcrmError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(table)
 
 
 @app.command()

@@ -64,6 +64,9 @@ def verify(
     ] = None,
     bundle: Annotated[Path | None, typer.Option("--bundle", exists=True, help="Verify an exported bundle instead (offline).")] = None,
     public_key: PublicKeyOpt = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes for a large SQLite log (split at power-of-two subtrees).")
+    ] = 1,
 ) -> None:
     """Verify the consent log (or a bundle) against its signed head; exit 1 naming the first bad index."""
     console = Console()
@@ -78,7 +81,7 @@ def verify(
                 raise _fail(console, "name the ledger with --ledger or FEDCRM_LEDGER_URL (or give --bundle)", 2)
             pem = public_key.read_bytes() if public_key is not None else None
             with Ledger.open(ledger, public_key_pem=pem) as led:
-                report = led.verify(trusted=trusted)
+                report = led.verify(trusted=trusted, workers=workers)
                 head = led.latest_checkpoint()
                 rows = [("origin", led.origin), ("tree size", str(head.size)),
                         ("root hash", base64.b64encode(head.root_hash).decode()), ("key", led.verifier)]

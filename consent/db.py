@@ -12,8 +12,10 @@ The schema itself is created by the Alembic migrations in ``migrations/``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 from datetime import datetime
 import os
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -37,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fedcrm.consent.bundle import HeadRow, LeafRow
+from fedcrm.migrations import alembic_config as shared_alembic_config
 
 __all__ = [
     "Base",
@@ -48,6 +51,7 @@ __all__ = [
     "SubjectSetMember",
     "make_engine",
     "normalise_url",
+    "read_heads",
     "stream_rows",
     "upgrade_schema",
 ]
@@ -200,7 +204,9 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
     entry per payload and is slower on both engines for a full pass. ``upto`` limits
     entries and payloads to indexes below it (the gate's read). Heads are read lazily.
     """
-    e, p, h = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
+    if conn.dialect.name == "sqlite":
+        return _sqlite_rows(conn, upto), _heads(conn)
+    e, p = LogEntry.__table__, PersonalPayload.__table__
     # yield_per on each statement, not on the connection: Connection.execution_options changes the
     # connection itself, and the gate writes on this one (server-side cursors cannot executemany).
     eq = select(e.c.idx, e.c.public_json, e.c.leaf_hash, e.c.kind, e.c.fingerprint).order_by(e.c.idx)
@@ -221,12 +227,55 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
                 pending = next(pay_iter, None)
             yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
 
-    def heads() -> Iterator[HeadRow]:
-        q = select(h.c.size, h.c.root_hash, h.c.note, h.c.frontier).order_by(h.c.size)
-        for size, root, note, frontier in conn.execute(q.execution_options(yield_per=_STREAM)):
-            yield HeadRow(size, root, note, frontier)
+    return rows(), _heads(conn)
 
-    return rows(), heads()
+
+def read_heads(conn: Connection) -> list[HeadRow]:
+    """Every stored signed head (size, root, note, frontier), ordered by size."""
+    return list(_heads(conn))
+
+
+def _heads(conn: Connection) -> Iterator[HeadRow]:
+    h = SignedHead.__table__
+    q = select(h.c.size, h.c.root_hash, h.c.note, h.c.frontier).order_by(h.c.size)
+    for size, root, note, frontier in conn.execute(q.execution_options(yield_per=_STREAM)):
+        yield HeadRow(size, root, note, frontier)
+
+
+def _sqlite_rows(conn: Connection, upto: int | None) -> Iterator[LeafRow]:
+    """:func:`stream_rows`' entries on SQLite through raw DBAPI cursors (same rows, same order).
+
+    SQLAlchemy's result rows cost more than the checks themselves at a million entries;
+    two plain sqlite3 cursors on the connection's own DBAPI connection (so inside its
+    transaction and snapshot) fetch the same two ordered scans, merged here.
+    """
+    dbapi = conn.connection.driver_connection
+    limit = "" if upto is None else " WHERE idx < ?"
+    args = () if upto is None else (int(upto),)
+    entries = dbapi.cursor()
+    entries.arraysize = _STREAM
+    entries.execute(f"SELECT idx, public_json, leaf_hash, kind, fingerprint FROM {LogEntry.__tablename__}{limit} "
+                    "ORDER BY idx", args)
+    payloads = dbapi.cursor()
+    payloads.arraysize = _STREAM
+    payloads.execute(f"SELECT idx, field, salt, value FROM {PersonalPayload.__tablename__}{limit} ORDER BY idx, field",
+                     args)
+    try:
+        pay_iter = iter(payloads)
+        pending = next(pay_iter, None)
+        for idx, public_json, leaf_hash, kind, fingerprint in entries:
+            mine: dict[str, tuple[bytes, str]] = {}
+            while pending is not None and pending[0] <= idx:
+                if pending[0] == idx:
+                    mine[pending[1]] = (pending[2], pending[3])
+                pending = next(pay_iter, None)
+            yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
+    finally:
+        # A generator dropped unfinished (a check that stopped at the first bad entry) may be
+        # closed by the garbage collector after its connection: its cursors went with it.
+        with suppress(sqlite3.ProgrammingError):
+            entries.close()
+            payloads.close()
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -234,12 +283,8 @@ VERSION_TABLE = "consent_alembic_version"  # our own name: the database may host
 
 
 def alembic_config(connection: Connection | None) -> Config:
-    """Programmatic Alembic config: scripts from the package folder, run on ``connection``."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("version_table", VERSION_TABLE)
-    config.attributes["connection"] = connection
-    return config
+    """Programmatic Alembic config: the ledger's scripts from the package folder, run on ``connection``."""
+    return shared_alembic_config(MIGRATIONS, VERSION_TABLE, connection)
 
 
 def upgrade_schema(engine: Engine, *, create: bool) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "KeyRotationEvent",
     "LedgerEvent",
     "OrderRefusalEvent",
+    "PrivacySpendEvent",
     "RefusalEvent",
     "TaskApprovalEvent",
     "UsageEvent",
@@ -203,7 +204,7 @@ class OrderRefusalEvent(_Event):
     task_name: str
     task_sha256: str
     purpose: str = Field(description="The purpose the order's task schema declares")
-    reason: Literal["task_not_approved", "purpose_not_allowed", "consent_time"]
+    reason: Literal["task_not_approved", "purpose_not_allowed", "consent_time", "privacy_policy", "privacy_budget"]
     detail: str
     requested_consent_as_of: AwareDatetime | None = Field(None, description="The consent time the order asked for")
     at: AwareDatetime = Field(description="The partner's clock when it refused")
@@ -211,9 +212,35 @@ class OrderRefusalEvent(_Event):
     _to_utc = field_validator("at", "requested_consent_as_of")(lambda cls, v: None if v is None else _utc(v))
 
 
+class PrivacySpendEvent(_Event):
+    """ε a partner spent on a purpose: one differentially private release (a round's update, statistics).
+
+    ``epsilon`` is the run's cumulative ε for this mechanism after this release, from the
+    accountant whose full state is ``accountant_state`` (restored on resume, so the
+    accountant is kept across rounds and restarts); ``epsilon_spent`` is what this event
+    charges to the purpose's budget: ``epsilon`` minus the run's previous cumulative ε for
+    the same mechanism. No personal data.
+    """
+
+    kind: Literal["dp_spend"] = "dp_spend"
+    partner: str = Field(min_length=1)
+    purpose: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    server_round: int = Field(ge=0)
+    mechanism: str = Field(min_length=1, max_length=100, description="e.g. 'dp-sgd', 'gaussian_statistics', 'gaussian_profiles'")
+    epsilon: float = Field(ge=0.0, allow_inf_nan=False)
+    epsilon_spent: float = Field(ge=0.0, allow_inf_nan=False)
+    delta: float = Field(gt=0.0, lt=1.0)
+    accountant: str = Field(min_length=1, description="Accounting method, e.g. 'rdp'")
+    accountant_state: dict[str, Any] = Field(default_factory=dict)
+    at: AwareDatetime
+
+    _to_utc = field_validator("at")(lambda cls, v: _utc(v))
+
+
 LedgerEvent = Annotated[
     ConsentEvent | UsageEvent | RefusalEvent | KeyRotationEvent | ErasureEvent | VocabularyEvent | TaskApprovalEvent
-    | OrderRefusalEvent,
+    | OrderRefusalEvent | PrivacySpendEvent,
     Field(discriminator="kind"),
 ]
 event_adapter: TypeAdapter[Any] = TypeAdapter(LedgerEvent)

@@ -9,8 +9,10 @@ rest of the code accepts nothing else, so no path around the gate type-checks or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +21,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fedcrm.consent.events import RefusalEvent, UsageEvent, subject_fingerprint, suppression_hash
-from fedcrm.consent.policy import check_category, evaluate_subjects
+from fedcrm.consent.events import RefusalEvent, UsageEvent, suppression_hash
+from fedcrm.consent.policy import check_category, covered_mask
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 from fedcrm.errors import ConsentError, PurposeNotAllowed
 
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
 
-__all__ = ["SUBJECT", "ConsentedView", "UsageContext", "gate", "record_reuse"]
+__all__ = ["SUBJECT", "ConsentedView", "UsageContext", "clear_subject_memo", "gate", "record_reuse"]
 
 #: Name of the pseudonym column every gated frame carries.
 SUBJECT = "subject"
@@ -60,17 +62,22 @@ class ConsentedView:
     """Customer rows the gate let through for one purpose, and only the requested columns.
 
     Built only by ``gate``. ``frame`` returns a fresh copy on every access, so nothing a
-    caller does to it changes the view or what the ledger says was used.
+    caller does to it changes the view or what the ledger says was used. The subject set is
+    held as one sorted Arrow array; ``subjects`` builds the Python set on first access only.
+    A view gated from an Arrow table (immutable: a memory-mapped round table) holds that
+    table's requested columns and the kept row positions, and builds the rows only when
+    ``frame`` is read: a round that reuses rows it encoded before never materialises them.
     """
 
-    __slots__ = ("_at", "_columns", "_fingerprint", "_frame", "_purpose", "_requested", "_subjects", "_tree_size", "_use")
+    __slots__ = ("_at", "_columns", "_covered", "_fingerprint", "_frame", "_purpose", "_requested", "_rows",
+                 "_subjects", "_tree_size", "_use")
 
     def __init__(
         self,
         token: object,
         *,
-        frame: pd.DataFrame,
-        subjects: frozenset[str],
+        frame: pd.DataFrame | pa.Table,
+        subjects: _Covered,
         columns: tuple[str, ...],
         purpose: str,
         at: datetime,
@@ -78,12 +85,14 @@ class ConsentedView:
         fingerprint: str,
         use: UsageContext,
         requested: int,
+        rows: np.ndarray | None = None,
     ) -> None:
         if token is not _GATE_TOKEN:
             raise ConsentError("a ConsentedView can only be made by fedcrm.consent.gate.gate()")
         setter = object.__setattr__
         setter(self, "_frame", frame)
-        setter(self, "_subjects", subjects)
+        setter(self, "_covered", subjects)  # distinct pseudonyms, sorted (a _Covered: taken only when read)
+        setter(self, "_subjects", None)
         setter(self, "_columns", columns)
         setter(self, "_purpose", purpose)
         setter(self, "_at", at)
@@ -91,6 +100,9 @@ class ConsentedView:
         setter(self, "_fingerprint", fingerprint)
         setter(self, "_use", use)
         setter(self, "_requested", requested)
+        positions = np.arange(len(frame), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        positions.setflags(write=False)
+        setter(self, "_rows", positions)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a ConsentedView is read-only")
@@ -98,12 +110,43 @@ class ConsentedView:
     @property
     def frame(self) -> pd.DataFrame:
         """A copy of the consented rows: ``subject`` plus the requested columns."""
+        if isinstance(self._frame, pa.Table):
+            return _taken(self._frame, self._rows)
         return self._frame.copy(deep=True)
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        """A copy of the view's rows at ``positions`` (0-based into the view; index = those positions).
+
+        Equal to ``frame.take(positions)`` without building the whole frame first: encoding and
+        statistics read a view block by block, or only its training part.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if isinstance(self._frame, pa.Table):
+            out = _taken(self._frame, self._rows[positions])
+            out.index = pd.Index(positions)
+            return out
+        return self._frame.take(positions).copy(deep=True)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Positions (0-based, in order) of the kept rows in the frame the gate was given (read-only).
+
+        Lets a caller line up per-row data it derived from the pseudonym alone (the hold-out
+        bucket) without passing it through the gate as if it were a data category.
+        """
+        return self._rows
 
     @property
     def subjects(self) -> frozenset[str]:
-        """Pseudonyms of the subjects in the view."""
+        """Pseudonyms of the subjects in the view (built once, on first access: ~150 B a subject)."""
+        if self._subjects is None:
+            object.__setattr__(self, "_subjects", frozenset(self._covered.values().to_pylist()))
         return self._subjects
+
+    @property
+    def n_subjects(self) -> int:
+        """How many distinct subjects the view holds (without building the set)."""
+        return len(self._covered)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -136,16 +179,21 @@ class ConsentedView:
     @property
     def n_excluded(self) -> int:
         """How many distinct subjects of the input were left out for lack of cover."""
-        return self._requested - len(self._subjects)
+        return self._requested - len(self._covered)
 
     def __len__(self) -> int:
-        return len(self._frame)
+        return len(self._rows)
 
     def __repr__(self) -> str:
         return (
-            f"ConsentedView(purpose={self._purpose!r}, subjects={len(self._subjects)}, "
+            f"ConsentedView(purpose={self._purpose!r}, subjects={len(self._covered)}, "
             f"columns={list(self._columns)}, tree_size={self._tree_size})"
         )
+
+
+def _taken(table: pa.Table, rows: np.ndarray) -> pd.DataFrame:
+    """Rows of an Arrow table as a new pandas frame (the taken copy is freed column by column as it converts)."""
+    return table.take(pa.array(rows, type=pa.int64())).to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _category_of(schema: Mapping[str, str] | Any, column: str) -> str | None:
@@ -177,7 +225,7 @@ def _refuse(
 
 
 def gate(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | pa.Table,
     schema: Mapping[str, str],
     purpose: str,
     at: datetime,
@@ -192,7 +240,8 @@ def gate(
     Parameters
     ----------
     frame
-        Customer rows with a ``subject`` column of pseudonyms (several rows per subject allowed).
+        Customer rows with a ``subject`` column of pseudonyms (several rows per subject allowed): a
+        pandas frame, or an Arrow table (its rows are taken only when the view's ``frame`` is read).
     schema
         Column → data-category key (fideslang), e.g. from the partner config.
     purpose
@@ -218,12 +267,14 @@ def gate(
     if at.tzinfo is None or at.utcoffset() is None:
         raise ConsentError(f"gate: consent-as-of time {at.isoformat()} has no time zone")
     requested = tuple(dict.fromkeys(c for c in columns if c != SUBJECT))
-    if SUBJECT not in frame.columns:
+    arrow = isinstance(frame, pa.Table)
+    names = frame.column_names if arrow else list(frame.columns)
+    if SUBJECT not in names:
         raise ConsentError(f"gate: the frame has no '{SUBJECT}' column of pseudonyms")
-    missing = [c for c in requested if c not in frame.columns]
+    missing = [c for c in requested if c not in names]
     if missing:
         raise ConsentError(f"gate: requested column(s) {missing} are not in the frame")
-    if frame[SUBJECT].isna().any():
+    if frame.column(SUBJECT).null_count if arrow else frame[SUBJECT].isna().any():
         raise ConsentError(f"gate: the '{SUBJECT}' column has empty pseudonyms")
 
     categories: dict[str, str] = {}
@@ -243,34 +294,33 @@ def gate(
     if refused:
         _refuse(ledger, purpose, at, use, refused)
 
-    unique = pd.unique(frame[SUBJECT].astype(str))
+    # Columnar: the subject column stays one Arrow array; what depends on its content alone (distinct values,
+    # their sort order, suppression hashes) is memoised by a digest of its bytes; consent is decided afresh.
+    values = _subject_column(frame.column(SUBJECT)) if arrow else _subject_array(frame[SUBJECT])
+    distinct = _distinct(values)
+    unique = values if distinct.unique is None else distinct.unique
     with ledger.transaction() as txn:
         size = txn.tree_size()
         # Fail closed: every leaf below `size` re-hashed and proven against the signed root,
         # kinds taken from the hashed text, payloads and rotation rows checked (else it raises).
         history = txn.history()
         events = ledger._consent_events(history, size, None)
-        coverage = evaluate_subjects(
-            events,
-            subjects=unique,
-            purpose=purpose,
-            categories=categories.values(),
-            at=at,
-            tree_size=size,
-            vocabulary=vocab,
-        )
-        covered = coverage.covered
+        allowed = covered_mask(events, unique, purpose=purpose, categories=categories.values(), at=at,
+                               tree_size=size, vocabulary=vocab, locate=lambda named: distinct.locate(unique, named))
         if history.suppressed:
             # Erased subjects stay out for good under this key, whatever the receipts say.
-            covered = frozenset(s for s in covered if suppression_hash(s) not in history.suppressed)
-        kept = frame.loc[_member_mask(frame[SUBJECT], covered), [SUBJECT, *requested]].reset_index(drop=True)
-        fingerprint = subject_fingerprint(covered)
-        txn.store_subject_set(fingerprint, covered)
+            allowed &= ~distinct.suppressed(unique, history.suppressed)
+        covered = _Covered(unique, distinct.order[allowed[distinct.order]])  # sorted; values taken when read
+        positions = np.flatnonzero(allowed if distinct.codes is None else allowed[distinct.codes])
+        kept = frame.select([SUBJECT, *requested]) if arrow else \
+            frame[[SUBJECT, *requested]].take(positions).reset_index(drop=True)
+        fingerprint = distinct.fingerprint(allowed, covered)
+        txn.store_subject_set(fingerprint, covered.pylist_slices())  # read only when the set is new
         txn.append([_usage_event(use, purpose, at, size, requested, len(covered), fingerprint)])
     return ConsentedView(
         _GATE_TOKEN,
         frame=kept,
-        subjects=frozenset(covered),
+        subjects=covered,
         columns=requested,
         purpose=purpose,
         at=at,
@@ -278,6 +328,7 @@ def gate(
         fingerprint=fingerprint,
         use=use,
         requested=len(unique),
+        rows=positions,
     )
 
 
@@ -294,7 +345,7 @@ def record_reuse(view: ConsentedView, *, ledger: Ledger, use: UsageContext) -> N
             f"{use.job_id} / {use.model_version}"
         )
     ledger.append(
-        [_usage_event(use, view.purpose, view.at, view.tree_size, view.columns, len(view.subjects), view.fingerprint)]
+        [_usage_event(use, view.purpose, view.at, view.tree_size, view.columns, view.n_subjects, view.fingerprint)]
     )
 
 
@@ -306,12 +357,213 @@ def _usage_event(use: UsageContext, purpose: str, at: datetime, tree_size: int, 
                       subject_fingerprint=fingerprint)
 
 
-def _member_mask(subjects: pd.Series, covered: frozenset[str]) -> np.ndarray:
-    """Which rows' subjects are covered, vectorised in Arrow.
+# -- the subject column, columnar ----------------------------------------------------------------
 
-    pandas' ``isin`` on Arrow-backed strings builds a Python object per value (seconds at 1M rows);
-    ``pyarrow.compute.is_in`` gives the same mask in a fraction of that.
+
+def _subject_array(subjects: pd.Series) -> pa.Array:
+    """The pseudonyms as one Arrow ``large_string`` array (no Python object per value for Arrow-backed strings)."""
+    try:
+        values = pa.array(subjects.array, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        values = pa.array(subjects.astype(str).to_numpy(dtype=object), type=pa.large_string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values
+
+
+def _subject_column(column: pa.ChunkedArray) -> pa.Array:
+    """An Arrow table's subject column as one ``large_string`` array (zero copy when it is one chunk)."""
+    values = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if values.type != pa.large_string():
+        values = values.cast(pa.large_string())
+    return values
+
+
+def _offsets(values: pa.Array) -> np.ndarray:
+    """The ``large_string`` offsets of ``values`` (``len + 1`` of them, into its data buffer)."""
+    return np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+
+
+def _content_key(values: pa.Array) -> bytes:
+    """SHA-256 over the values' lengths and bytes: equal keys mean the same pseudonyms in the same order."""
+    digest = hashlib.sha256(len(values).to_bytes(8, "little"))
+    if len(values):
+        offsets = _offsets(values)
+        digest.update((offsets - offsets[0]).tobytes())
+        data = values.buffers()[2]
+        if data is not None:
+            digest.update(memoryview(data)[offsets[0] : offsets[-1]])
+    return digest.digest()
+
+
+class _Covered:
+    """The covered subjects as positions (sorted order) into the distinct values; the strings are taken when read."""
+
+    __slots__ = ("index", "unique")
+
+    def __init__(self, unique: pa.Array, index: np.ndarray) -> None:
+        self.unique, self.index = unique, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def values(self) -> pa.Array:
+        """The covered pseudonyms, sorted."""
+        return self.unique.take(pa.array(self.index, type=pa.int64()))
+
+    def pylist_slices(self, size: int = 50_000) -> Iterator[str]:
+        """The covered pseudonyms as Python strings, sorted, a slice at a time."""
+        for lo in range(0, len(self.index), size):
+            yield from self.unique.take(pa.array(self.index[lo : lo + size], type=pa.int64())).to_pylist()
+
+
+@dataclass
+class _Distinct:
+    """What the gate derives from a subject column's content alone (never a consent decision)."""
+
+    codes: np.ndarray | None  #: row -> index of its distinct value; None when every row's subject is distinct
+    unique: pa.Array | None  #: the distinct values in first-seen order; None when the column itself is
+    order: np.ndarray  #: permutation sorting the distinct values by UTF-8 bytes (``sorted``'s code-point order)
+    width: int = 0  #: the one byte length of every distinct value (0: mixed lengths or NUL bytes)
+    _prefixes: np.ndarray | None = field(default=None, repr=False)  #: first 64 bits of each suppression hash
+    #: digest of a covered mask -> its subject fingerprint (a round whose gate keeps the same subjects hashes nothing)
+    _fingerprints: OrderedDict[bytes, str] = field(default_factory=OrderedDict, repr=False)
+
+    def fingerprint(self, allowed: np.ndarray, covered: _Covered) -> str:
+        """``events.subject_fingerprint`` of the covered subjects, memoised by the mask that picked them."""
+        key = hashlib.sha256(np.packbits(allowed).tobytes() + len(allowed).to_bytes(8, "little")).digest()
+        found = self._fingerprints.get(key)
+        if found is None:
+            found = self._fingerprints[key] = _sorted_fingerprint(covered.values())
+            while len(self._fingerprints) > 4:
+                self._fingerprints.popitem(last=False)
+        return found
+
+    def locate(self, unique: pa.Array, named: pa.Array) -> np.ndarray:
+        """Position among the distinct values of each of ``named`` (-1: not among them), by binary search.
+
+        Fixed-width values are searched in place (their bytes as a numpy ``S`` array, in the
+        memoised sort order): a few comparisons per event, no hash table over a million subjects.
+        """
+        out = np.full(len(named), -1, dtype=np.int64)
+        if self.width == 0:
+            hits = np.flatnonzero(np.asarray(pc.is_in(unique, value_set=pc.unique(named)).fill_null(False), dtype=bool))
+            found = np.asarray(pc.index_in(named, value_set=unique.take(pa.array(hits, type=pa.int64()))).fill_null(-1),
+                               dtype=np.int64)
+            out[found >= 0] = hits[found[found >= 0]]
+            return out
+        offsets = _offsets(unique)
+        table = np.frombuffer(unique.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(f"S{self.width}")
+        names = np.asarray(named.to_pylist(), dtype=object)
+        fits = np.fromiter((len(v.encode()) == self.width and "\x00" not in v for v in names), dtype=bool,
+                           count=len(names))
+        if not fits.any():
+            return out
+        wanted = np.array([v.encode() for v in names[fits]], dtype=f"S{self.width}")
+        at = np.searchsorted(table, wanted, sorter=self.order)
+        at = np.minimum(at, len(self.order) - 1)
+        candidate = self.order[at]
+        match = table[candidate] == wanted
+        out[np.flatnonzero(fits)[match]] = candidate[match]
+        return out
+
+    def suppressed(self, unique: pa.Array, hashes: frozenset[str]) -> np.ndarray:
+        """Which distinct values an erasure suppressed (``suppression_hash`` in ``hashes``), as a bool array."""
+        if self._prefixes is None:  # one SHA-256 per distinct subject, once per column content
+            self._prefixes = np.fromiter((int(suppression_hash(s)[:16], 16) for s in unique.to_pylist()),
+                                         dtype=np.uint64, count=len(unique))
+        wanted = np.fromiter((int(h[:16], 16) for h in hashes), dtype=np.uint64, count=len(hashes))
+        out = np.isin(self._prefixes, wanted)
+        for i in np.flatnonzero(out):  # a 64-bit prefix match: confirm on the whole hash
+            out[i] = suppression_hash(unique[int(i)].as_py()) in hashes
+        return out
+
+
+#: content key -> distinct values and order; a few partners' tables (simulation runs several in one process).
+_MEMO: OrderedDict[bytes, _Distinct] = OrderedDict()
+_MAX_MEMO = 8
+
+
+def clear_subject_memo() -> None:
+    """Forget what the gate derived from subject columns (an erasure; tests)."""
+    _MEMO.clear()
+
+
+def _distinct(values: pa.Array) -> _Distinct:
+    """Distinct pseudonyms of the column, their sort order and (lazily) suppression hashes, memoised by content."""
+    key = _content_key(values)
+    found = _MEMO.get(key)
+    if found is not None:
+        _MEMO.move_to_end(key)
+        return found
+    width = _fixed_width(values)
+    if width:  # pseudonyms: sort in place, and distinct iff no two neighbours in that order are equal
+        order = _sort_order(values)
+        if _all_distinct(values, order, width):
+            found = _Distinct(codes=None, unique=None, order=order, width=width)
+            _MEMO[key] = found
+            while len(_MEMO) > _MAX_MEMO:
+                _MEMO.popitem(last=False)
+            return found
+    encoded = pc.dictionary_encode(values)  # several rows per subject (or mixed lengths): a hash table
+    if len(encoded.dictionary) == len(values):
+        found = _Distinct(codes=None, unique=None, order=_sort_order(values), width=_fixed_width(values))
+    else:
+        unique = encoded.dictionary
+        found = _Distinct(codes=np.asarray(encoded.indices, dtype=np.int64), unique=unique, order=_sort_order(unique),
+                          width=_fixed_width(unique))
+    _MEMO[key] = found
+    while len(_MEMO) > _MAX_MEMO:
+        _MEMO.popitem(last=False)
+    return found
+
+
+def _all_distinct(values: pa.Array, order: np.ndarray, width: int, block: int = 1 << 16) -> bool:
+    """Whether fixed-width ``values`` are all distinct: neighbours in sort order compared a block at a time."""
+    offsets = _offsets(values)
+    table = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(f"S{width}")
+    for lo in range(0, len(order) - 1, block):
+        left = order[lo : lo + block + 1]
+        if (table[left[1:]] == table[left[:-1]]).any():
+            return False
+    return True
+
+
+def _fixed_width(values: pa.Array) -> int:
+    """The one byte length of all ``values`` when they share it and hold no NUL byte, else 0."""
+    if len(values) == 0:
+        return 0
+    offsets = _offsets(values)
+    lengths = np.diff(offsets)
+    width = int(lengths[0])
+    if width == 0 or not (lengths == width).all():
+        return 0
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return 0 if (data == 0).any() else width
+
+
+def _sort_order(values: pa.Array) -> np.ndarray:
+    """Indices that sort distinct ``values`` by their UTF-8 bytes (the order ``sorted`` gives ``str``).
+
+    Pseudonyms all have one length: their bytes are then a fixed-width numpy ``S`` array
+    (zero copy), which numpy sorts byte-wise faster than Arrow sorts strings. Anything else
+    (mixed lengths, NUL bytes that ``S`` would strip) is sorted by Arrow.
     """
-    values = pa.array(subjects.astype(str), type=pa.string(), from_pandas=True)
-    mask = pc.is_in(values, value_set=pa.array(sorted(covered), type=pa.string()))
-    return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    if len(values) == 0:
+        return np.empty(0, dtype=np.int64)
+    width = _fixed_width(values)
+    if width:
+        offsets = _offsets(values)
+        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        return np.argsort(data.view(f"S{width}")).astype(np.int64)
+    return np.asarray(pc.sort_indices(values), dtype=np.int64)
+
+
+def _sorted_fingerprint(values: pa.Array) -> str:
+    """``events.subject_fingerprint`` of distinct pseudonyms already in sorted order, hashed from Arrow's buffers."""
+    if len(values) == 0:
+        return hashlib.sha256(b"").hexdigest()
+    sep = pa.scalar("\n", pa.large_string())
+    lines = pc.binary_join_element_wise(values, pa.scalar("", pa.large_string()), sep)  # each value + "\n"
+    offsets = _offsets(lines)
+    return hashlib.sha256(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1] - 1]).hexdigest()

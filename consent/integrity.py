@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -274,7 +275,8 @@ def read_history(conn: Connection, size: int, root_hash: bytes) -> History:
         return p
 
     head = cp.Checkpoint(origin="", size=size, root_hash=root_hash, note="")
-    report = check_log(facts.observe(rows), [], head, after=derived)
+    with closing(rows):  # closed here, on its connection, even when the check stops at a bad entry
+        report = check_log(facts.observe(rows), [], head, after=derived)
     if not report.ok:
         where = f" at index {report.first_bad_index}" if report.first_bad_index is not None else ""
         raise LedgerIntegrityError(

@@ -17,18 +17,21 @@ size read and ``effective_at <= at``:
 
 Every answer is a ``Decision`` naming the rule and, where one decided, the ledger event, as Fides
 policy evaluation does. ``evaluate_subjects`` applies the same rules to many subjects at once with
-array operations (the gate's path); ``evaluate`` answers for one subject with the reason.
+array operations (``covered_mask``, the gate's columnar path, over Arrow strings); ``evaluate``
+answers for one subject with the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 from fedcrm.errors import PurposeNotAllowed
@@ -39,6 +42,7 @@ __all__ = [
     "Decision",
     "Rule",
     "check_category",
+    "covered_mask",
     "evaluate",
     "evaluate_subjects",
     "require_categories",
@@ -307,11 +311,41 @@ def evaluate_subjects(
     """
     vocab = vocabulary or default_vocabulary()
     cats = tuple(dict.fromkeys(categories))
+    subject_list = tuple(dict.fromkeys(subjects))
+    events = tuple(events)
+    allowed = covered_mask(events, pa.array(subject_list, type=pa.large_string()), purpose=purpose, categories=cats,
+                           at=at, tree_size=tree_size, vocabulary=vocab)
+    return Coverage(purpose, cats, at, tree_size, subject_list, allowed, events, vocab)
+
+
+def covered_mask(
+    events: Sequence[tuple[int, ConsentLike]],
+    subjects: pa.Array,
+    *,
+    purpose: str,
+    categories: Iterable[str],
+    at: datetime,
+    tree_size: int | None = None,
+    vocabulary: Vocabulary | None = None,
+    locate: Callable[[pa.Array], np.ndarray] | None = None,
+) -> np.ndarray:
+    """``evaluate_subjects``' decisions as a bool array aligned with ``subjects`` (distinct pseudonyms, Arrow strings).
+
+    The gate's path: no Python object per subject. The subjects are probed against the hash
+    set of the (few) subjects the purpose's events name (``pyarrow.compute.is_in``), the events
+    are mapped to subject positions among those hits only, and the rules run as numpy
+    operations over events; subjects no event names get the basis's default (opt-out
+    covers, opt-in does not). Decisions equal ``evaluate`` per subject and category
+    (``tests/consent/test_consent_gate_columnar.py``). ``locate`` may replace the lookup: it maps
+    the events' subjects (an Arrow array) to their positions in ``subjects`` (-1: absent); the
+    gate passes a binary search over its memoised sort order.
+    """
+    vocab = vocabulary or default_vocabulary()
+    cats = tuple(dict.fromkeys(categories))
     require_categories(purpose, {c: c for c in cats}, vocabulary=vocab)
     basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
-    subject_list = tuple(dict.fromkeys(subjects))
     at_us = _micros(at)
-    events = tuple(events)
+    values = subjects.cast(pa.large_string()) if subjects.type != pa.large_string() else subjects
 
     frame = _frame(events, purpose)
     keep = frame["eff"].to_numpy() <= at_us
@@ -319,17 +353,23 @@ def evaluate_subjects(
         keep &= frame["index"].to_numpy() < tree_size
     frame = frame[keep].sort_values(["eff", "index"], kind="stable")
 
-    # Plain numpy over positions: hash lookups once, then no per-subject Python.
-    pos = pd.Index(np.asarray(subject_list, dtype=object)).get_indexer(np.asarray(frame["subject"], dtype=object))
-    mine = pos >= 0
-    pos = pos[mine]
+    named = pa.array(np.asarray(frame["subject"], dtype=object), type=pa.large_string())
+    if locate is not None:
+        where = np.asarray(locate(named), dtype=np.int64)
+    else:
+        hits = np.flatnonzero(np.asarray(pc.is_in(values, value_set=pc.unique(named)).fill_null(False), dtype=bool))
+        found = np.asarray(pc.index_in(named, value_set=values.take(pa.array(hits, type=pa.int64()))).fill_null(-1),
+                           dtype=np.int64)
+        where = np.where(found >= 0, hits[np.maximum(found, 0)] if len(hits) else -1, -1)
+    mine = where >= 0
+    pos = where[mine]
     order = np.arange(len(frame), dtype=np.int64)[mine]
     withdraw = frame["withdraw"].to_numpy()[mine]
     grant_ok = ~withdraw & (np.asarray(frame["basis"], dtype=object)[mine] == basis.key)
     grant_ok &= frame["exp"].to_numpy()[mine] > at_us
     codes, uniques = pd.factorize(np.asarray(frame["category"], dtype=object)[mine])
 
-    n = len(subject_list)
+    n = len(values)
     allowed = np.ones(n, dtype=bool)
     for category in cats:
         ancestors = set(vocab.ancestors(category))
@@ -344,4 +384,4 @@ def evaluate_subjects(
         if basis.coverage == "opt_out":
             covered |= last_w < 0
         allowed &= covered
-    return Coverage(purpose, cats, at, tree_size, subject_list, allowed, events, vocab)
+    return allowed

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict
 
-from fedcrm.consent.events import ConsentEvent, KeyRotationEvent, RefusalEvent, UsageEvent
+from fedcrm.consent.events import ConsentEvent, KeyRotationEvent, PrivacySpendEvent, RefusalEvent, UsageEvent
 from fedcrm.consent.subject import PAST_INFLUENCE
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 
@@ -87,6 +87,20 @@ class TrainingRun(_Out):
     subjects_per_round: dict[str, int]
 
 
+class PrivacySpendRow(_Out):
+    """ε this ledger's partner spent on one purpose (``dp_spend`` events), with its budget."""
+
+    partner: str
+    purpose: str
+    epsilon_spent: float
+    delta_spent: float
+    releases: int
+    runs: tuple[str, ...]
+    budget: float | None
+    budget_period: str | None
+    remaining_at_end: float | None
+
+
 class Verification(_Out):
     ok: bool
     checked_size: int
@@ -111,6 +125,7 @@ class AuditReport(_Out):
     uses: tuple[UseRow, ...]
     refusals: tuple[RefusalRow, ...]
     training_runs: tuple[TrainingRun, ...]
+    privacy_spend: tuple[PrivacySpendRow, ...] = ()
     key_rotations: int
     statement: str
 
@@ -169,8 +184,11 @@ def build_report(
     uses: list[UseRow] = []
     refusals: list[RefusalRow] = []
     rotations = 0
+    spent: list[tuple[int, PrivacySpendEvent]] = []
     for stored in ledger.events(0, head.size):
         ev = stored.event
+        if isinstance(ev, PrivacySpendEvent):
+            spent.append((stored.index, ev))
         if isinstance(ev, ConsentEvent) and _in(ev.effective_at, start, end):
             (grants if ev.action == "grant" else withdrawals)[ev.purpose] += 1
             subjects.setdefault(ev.purpose, set()).add(ev.subject if not stored.erased else f"<erased:{stored.index}>")
@@ -240,9 +258,32 @@ def build_report(
         uses=tuple(uses),
         refusals=tuple(refusals),
         training_runs=tuple(runs),
+        privacy_spend=_privacy_spend(spent, start, end, vocab),
         key_rotations=rotations,
         statement=PAST_INFLUENCE,
     )
+
+
+def _privacy_spend(
+    spent: list[tuple[int, PrivacySpendEvent]], start: datetime, end: datetime, vocab: Vocabulary
+) -> tuple[PrivacySpendRow, ...]:
+    """Spend per partner × purpose in ``[start, end)``, and the budget left at the report's end."""
+    from fedcrm.consent.budget import budget_from_events  # noqa: PLC0415 (budget imports the ledger)
+
+    rows = []
+    in_period = [(i, e) for i, e in spent if _in(e.at, start, end)]
+    for partner, purpose in dict.fromkeys((e.partner, e.purpose) for _, e in spent):
+        mine = [e for _, e in in_period if e.partner == partner and e.purpose == purpose]
+        policy = vocab.purposes[purpose].privacy if purpose in vocab.purposes else None
+        last = end - timedelta(microseconds=1)
+        status = budget_from_events([(i, e) for i, e in spent if e.partner == partner], partner, purpose, last, policy)
+        last_per_run = {(e.run_id, e.mechanism): e.delta for e in mine}
+        rows.append(PrivacySpendRow(
+            partner=partner, purpose=purpose, epsilon_spent=sum(e.epsilon_spent for e in mine),
+            delta_spent=sum(last_per_run.values()), releases=len(mine), runs=tuple(dict.fromkeys(e.run_id for e in mine)),
+            budget=status.budget, budget_period=status.period, remaining_at_end=status.remaining,
+        ))
+    return tuple(rows)
 
 
 _ENV = Environment(loader=PackageLoader("fedcrm.consent", "templates"), autoescape=select_autoescape(["html"]))

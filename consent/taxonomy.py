@@ -32,6 +32,7 @@ __all__ = [
     "DataCategory",
     "LegalBasis",
     "Purpose",
+    "PurposePrivacy",
     "Vocabulary",
     "default_vocabulary",
     "load_vocabulary",
@@ -81,6 +82,25 @@ class LegalBasis(BaseModel):
     description: str = ""
 
 
+class PurposePrivacy(BaseModel):
+    """A purpose's differential-privacy policy: whether DP is required, and the ε budget per partner.
+
+    ``epsilon_budget`` is what each partner may spend on this purpose per calendar ``period``
+    (UTC); every spend is a signed ``dp_spend`` event in that partner's ledger (see
+    ``fedcrm.consent.budget``). ``max_delta`` bounds the δ any one release may use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    differential_privacy: Literal["required", "allowed"] = Field(
+        description="'required': the partner trains for this purpose only with record-level DP; "
+                    "'allowed': DP when the run asks for it"
+    )
+    epsilon_budget: float = Field(gt=0.0, le=1000.0, description="ε each partner may spend per period")
+    period: Literal["month", "quarter", "year"] = "year"
+    max_delta: float = Field(1e-5, gt=0.0, lt=1e-2, description="Largest δ one release may use")
+
+
 class Purpose(BaseModel):
     """A purpose and its policy: the categories it may use, its legal basis, its retention."""
 
@@ -92,6 +112,7 @@ class Purpose(BaseModel):
     legal_basis: str
     retention_days: int = Field(gt=0, description="How long data and outputs prepared for this purpose may be kept.")
     data_categories: Annotated[tuple[str, ...], Field(min_length=1)]
+    privacy: PurposePrivacy | None = Field(None, description="DP policy and ε budget; None: no budget")
 
 
 class _VocabularyFile(BaseModel):

@@ -46,7 +46,8 @@ def parse_partner_arg(value: str) -> tuple[str | None, Path]:
     return None, Path(value)
 
 
-def check_partners(task: Path, partners: list[tuple[str | None, Path]], *, timeout_s: float = 300.0) -> list[PartnerCheck]:
+def check_partners(task: Path, partners: list[tuple[str | None, Path]], *, timeout_s: float = 300.0,
+                   dp: Any = None) -> list[PartnerCheck]:
     """Run ``fedcrm client check --json`` for the partners; one result per partner, in order.
 
     One process checks every partner in turn (an interpreter start costs more than a check).
@@ -54,6 +55,10 @@ def check_partners(task: Path, partners: list[tuple[str | None, Path]], *, timeo
     cmd = [sys.executable, "-m", "fedcrm.cli", "client", "check", "--task", str(task), "--json"]
     for _, config in partners:
         cmd += ["--config", str(config)]
+    if dp is not None and dp.mode != "off":  # the run's DP plan, checked against each partner's budget
+        cmd += ["--dp-mode", dp.mode] + (["--dp-epsilon", str(dp.target_epsilon)] if dp.target_epsilon else [])
+    if dp is not None and getattr(dp, "statistics", False):  # a noised statistics round spends ε too
+        cmd += ["--dp-statistics"]
     labels = [name or config.parent.name for name, config in partners]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
@@ -89,9 +94,9 @@ def preflight_message(results: list[PartnerCheck]) -> str:
     return "\n".join([head, *lines])
 
 
-def require_preflight(task: Path, partner_configs: list[Path]) -> list[PartnerCheck]:
+def require_preflight(task: Path, partner_configs: list[Path], *, dp: Any = None) -> list[PartnerCheck]:
     """Check every partner before a run; raise ``PreflightFailed`` listing every partner's problems."""
-    results = check_partners(task, [(None, Path(p)) for p in partner_configs])
+    results = check_partners(task, [(None, Path(p)) for p in partner_configs], dp=dp)
     message = preflight_message(results)
     if message:
         raise PreflightFailed(message)

@@ -111,6 +111,26 @@ def latest_round(run_dir: Path) -> int:
     return max(rounds, default=0)
 
 
+def prepare_resume(run_dir: Path, plan: Any) -> tuple[Any, Path]:
+    """The plan of a resume from the newest checkpoint, written beside the run's own; both engines use it.
+
+    Refuses (``load_checkpoint``) a missing checkpoint or one that does not match the manifest
+    before anything changes; then discards the models of rounds after it (those rounds run
+    again) and writes ``plan-resume-<round>.json``. ``plan`` is the run's ``RunPlan``.
+    """
+    done = latest_round(run_dir)
+    load_checkpoint(run_dir, done)
+    for model in (run_dir / "model").glob("round-*.safetensors"):
+        label = model.stem.split("-", 1)[1]
+        if label.isdigit() and int(label) > done:
+            model.unlink()
+            model.with_suffix(".json").unlink(missing_ok=True)
+    resumed = plan.model_copy(update={"resume_from_round": done})
+    path = run_dir / f"plan-resume-{done}.json"
+    path.write_text(resumed.model_dump_json(indent=2))
+    return resumed, path
+
+
 def load_checkpoint(run_dir: Path, server_round: int | None = None) -> Checkpoint:
     """Read a checkpoint (default: the newest) after checking both files against the run's manifest."""
     server_round = latest_round(run_dir) if server_round is None else server_round

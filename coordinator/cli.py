@@ -35,6 +35,8 @@ def run(
     min_partners: int = typer.Option(None, "--min-partners",
                                      help="Fewest partners a round may complete with (default: all)."),
     stage_timeout: float = typer.Option(None, "--stage-timeout", help="Longest wait for replies at one stage (s)."),
+    registry: str = typer.Option(None, "--registry", envvar="FEDCRM_REGISTRY_URL",
+                                 help="Registry database URL (default: registry.db next to the runs directory)."),
 ) -> None:
     """Train a federated model (simulation, or a real deployment with --superlink), SecAgg+ on by default."""
     from fedcrm.coordinator.link_security import tls_choice
@@ -50,12 +52,13 @@ def run(
         if partner and not superlink:  # every partner's problems in one message, before Flower starts
             from fedcrm.coordinator.check import require_preflight
 
-            require_preflight(cfg.task, partner)
+            require_preflight(cfg.task, partner, dp=cfg.dp)
         result = _run_with_progress(cfg, partner or [], runs_dir, superlink, partners,
                                     root_certificates=tls_choice(superlink, root_certificates, insecure))
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    _index(result.run_dir, registry)
     _report(result)
 
 
@@ -64,6 +67,8 @@ def resume(
     run_dir: Path = typer.Argument(..., help="The run directory of a killed or failed run."),
     partner: list[Path] = typer.Option(None, "--partner", "-p",
                                        help="Partner config paths (default: those the run started with)."),
+    registry: str = typer.Option(None, "--registry", envvar="FEDCRM_REGISTRY_URL",
+                                 help="Registry database URL (default: registry.db next to the runs directory)."),
 ) -> None:
     """Continue a killed or failed run from its newest checkpoint; round numbers continue."""
     from fedcrm.coordinator.checkpoint import latest_round
@@ -79,7 +84,15 @@ def resume(
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    _index(result.run_dir, registry)
     _report(result)
+
+
+def _index(run_dir: Path, registry: str | None) -> None:
+    """Index the ended run in the SQL registry; a registry problem is reported, never fails the run."""
+    from fedcrm.coordinator.cli_registry import index_quietly
+
+    index_quietly(run_dir, registry, console)
 
 
 def _report(result: Any) -> None:
@@ -109,7 +122,7 @@ def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None, su
         def on_event(event: dict[str, Any]) -> None:
             kind = event["event"]
             if kind == "statistics":
-                progress.update(task, description=f"statistics round done ({len(event['partner_rows'])} partners)")
+                progress.update(task, description=f"statistics round done ({event['partners']} partners)")
             elif kind == "round_start":
                 progress.update(task, description=f"round {event['round']}/{cfg.rounds}: training")
             elif kind == "evaluate":
@@ -120,6 +133,11 @@ def _run_with_progress(cfg: Any, partners: list[Path], runs_dir: Path | None, su
                 names = ", ".join(f"{p} ({why})" for p, why in event["partners"].items())
                 progress.console.print(f"[yellow]round {event['round']}, {event['stage']}: missing {names}[/]")
 
+        if resume_dir is not None and (resume_dir / "deployment.json").exists():
+            from fedcrm.coordinator.deployment import resume_deployment  # partners rejoin through the SuperLink
+
+            progress.update(task, description="stopping the old Flower run, then resuming")
+            return resume_deployment(resume_dir, on_event=on_event)
         if resume_dir is not None:
             return resume_federation(resume_dir, resume_partners, on_event=on_event)
         if superlink:
@@ -148,7 +166,7 @@ def list_runs_command(runs_dir: Path = typer.Option(Path("runs"), help="Director
     from fedcrm.coordinator.registry import list_runs
 
     table = Table(title=f"Runs in {runs_dir}")
-    for col in ("run id", "status", "rounds completed", "final ROC AUC", "error"):
+    for col in ("run id", "status", "rounds completed", "last-round ROC AUC (local hold-outs)", "error"):
         table.add_column(col)
     for r in list_runs(runs_dir):
         status = r["outcome"] if r["outcome"] in ("completed", "running") else f"{r['outcome']} after round {r['after_round']}"
@@ -162,7 +180,14 @@ from fedcrm.coordinator import cli_check, cli_partners, cli_superlink  # noqa: E
 
 cli_superlink.register(app)
 cli_check.register(app)
+from fedcrm.coordinator import cli_registry, cli_serve  # noqa: E402
+
+cli_registry.register(app)
+cli_serve.register(app)
 cli_partners.register(app)
+from fedcrm.coordinator import cli_analytics  # noqa: E402
+
+cli_analytics.register(app)
 
 
 @app.command("head")

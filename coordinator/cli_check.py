@@ -32,7 +32,7 @@ def check(
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    results = check_partners(cfg.task, [parse_partner_arg(p) for p in partner])
+    results = check_partners(cfg.task, [parse_partner_arg(p) for p in partner], dp=cfg.dp)
     message = preflight_message(results)
     if as_json:
         typer.echo(json.dumps({"ok": not message, "task": str(cfg.task),

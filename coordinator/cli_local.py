@@ -20,7 +20,7 @@ def up_command(
     rounds: int = typer.Option(2, "--rounds", help="With --run: training rounds."),
 ) -> None:
     """Start a SuperLink (TLS + node authentication) and three partner SuperNodes on 127.0.0.1."""
-    from fedcrm.coordinator.local_stack import STATE_FILE, run_on_stack, up
+    from fedcrm.coordinator.local_stack import STATE_FILE, registry_url, run_on_stack, up
 
     try:
         with console.status("starting SuperLink, registering partners, waiting for three SuperNodes …"):
@@ -34,8 +34,8 @@ def up_command(
     for part in parts:
         table.add_row(part.name, str(part.pid), part.listens, part.log)
     console.print(table)
-    console.print(f"TLS CA: {directory.resolve() / 'tls' / 'ca.pem'}; stop everything with "
-                  f"`fedcrm down --dir {directory}`")
+    console.print(f"TLS CA: {directory.resolve() / 'tls' / 'ca.pem'}; registry: {registry_url(directory)} "
+                  f"(FEDCRM_REGISTRY_URL); stop everything with `fedcrm down --dir {directory}`")
     if run:
         from fedcrm.coordinator.cli import print_rounds
 
@@ -45,7 +45,10 @@ def up_command(
             except FedcrmError as exc:
                 console.print(f"[bold red]error:[/] {exc}")
                 raise typer.Exit(1) from exc
+        from fedcrm.coordinator.cli_registry import index_quietly
+
         print_rounds(result.rounds)
+        index_quietly(result.run_dir, registry_url(directory), console)
         if not result.succeeded:
             console.print(f"[bold red]run {result.run_id} failed:[/] {result.error}")
             raise typer.Exit(2)

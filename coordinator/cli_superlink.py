@@ -14,12 +14,16 @@ console = Console()
 
 
 def superlink(
-    state_dir: Path = typer.Option(Path("superlink"), "--state-dir", help="Its state database, logs and PID file."),
+    state_dir: Path = typer.Option(Path("superlink"), "--state-dir", help="Its logs and PID file."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(9093, "--port", help="Port for SuperNodes and `fedcrm coordinator run --superlink`."),
     certs: Path = typer.Option(None, "--certs", help="TLS: directory with ca.pem, server.pem, server.key (`fedcrm certs create`)."),
     node_auth: bool = typer.Option(True, "--node-auth/--no-node-auth", help="With TLS: admit only registered partner node keys."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP, any SuperNode admitted (loopback tests only)."),
+    partners: Path = typer.Option(Path("partners.json"), "--partners",
+                                  help="With node auth: the partner registry whose keys are registered at start."),
+    state_db: Path = typer.Option(None, "--state-db",
+                                  help="Keep Flower's state in this SQLite file (default: in memory, faster)."),
 ) -> None:
     """Start a SuperLink (TLS + SuperNode authentication, or --insecure) until Ctrl-C; stops it by PID."""
     from fedcrm.coordinator.link_security import INSECURE_WARNING, RefusalWatcher
@@ -32,10 +36,23 @@ def superlink(
     if insecure:
         console.print(f"[bold yellow]warning:[/] {INSECURE_WARNING}")
     try:
-        link = start_superlink(state_dir, host=host, port=port, tls_dir=certs, node_auth=node_auth and not insecure)
+        link = start_superlink(state_dir, host=host, port=port, tls_dir=certs, node_auth=node_auth and not insecure,
+                               database=state_db)
     except FedcrmError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    if node_auth and not insecure and partners.exists():
+        from fedcrm.certs import CA_CERT
+        from fedcrm.coordinator.partners import restore_partners
+
+        try:
+            restored = restore_partners(link.address, certs / CA_CERT, partners)
+        except FedcrmError as exc:
+            stop_superlink(link)
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+        console.print(f"registered {len(restored)} partner key(s) from {partners}: "
+                      f"{', '.join(e.name for e in restored) or 'none'}")
     previous = signal.signal(signal.SIGTERM, _interrupt)
     watcher = RefusalWatcher(link.state_dir / "superlink.log", on_refusal=lambda r: console.print(
         f"[bold red]refused SuperNode[/] ({r.reason}): key {', '.join(r.fingerprints) or 'none'}"))

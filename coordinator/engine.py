@@ -17,6 +17,7 @@ tests/coordinator exercise it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -38,6 +39,34 @@ RAY_LOOPBACK_ENV = {
     # than this to report their ports; on a loaded 2-core machine they took 30 s+ (seen in tests).
     "RAY_agent_register_timeout_ms": "180000",
 }
+
+
+#: Ray actors (ClientApp workers) the simulation keeps; each serves one partner's message at a time
+#: (default: one per CPU core). Flower sizes its actor pool as CPUs / client ``num_cpus``.
+ACTORS_VAR = "FEDCRM_SIM_ACTORS"
+#: What the engine ran with (Ray CPUs, client resources, actors), written into the run directory.
+SIMULATION_RESOURCES_FILE = "simulation_resources.json"
+
+
+def simulation_actors(cpus: int, actors: str | None) -> int:
+    """How many Ray actors the simulation runs on ``cpus`` cores: ``actors`` if given, else one per core.
+
+    The engine gives Ray that many logical CPUs and every ClientApp one, so Flower's pool
+    (``int(CPUs / client num_cpus)``) holds exactly this many actors. More actors than
+    cores only time-share the cores and each holds its own torch and the partners' views
+    it served; fewer leave cores idle (measured in ``benchmarks/scale_partners.py``).
+    """
+    from fedcrm.errors import ConfigError
+
+    if actors is None or actors.strip() == "":
+        return cpus
+    try:
+        count = int(actors)
+    except ValueError:
+        raise ConfigError(f"{ACTORS_VAR}={actors!r}: expected a whole number of Ray actors (1 or more)") from None
+    if not 1 <= count <= 8 * cpus:  # more only time-share the cores, each with its own copy of torch
+        raise ConfigError(f"{ACTORS_VAR}={actors!r}: expected 1 to {8 * cpus} Ray actors ({cpus} CPU cores)")
+    return count
 
 
 def write_app_dir(run_dir: Path, plan_path: Path, partner_configs: list[Path], client_ref: str) -> Path:
@@ -83,9 +112,14 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
     app_dir = write_app_dir(plan.run_dir, plan_path, partner_configs, client_ref)
     run_config: dict[str, str] = {PLAN_KEY: str(plan_path)}
     cpus = max(1, os.cpu_count() or 1)
+    actors = simulation_actors(cpus, os.environ.get(ACTORS_VAR))
+    client_resources = {"num_cpus": 1, "num_gpus": 0.0}
+    (plan.run_dir / SIMULATION_RESOURCES_FILE).write_text(json.dumps(
+        {"cpu_cores": cpus, "ray_num_cpus": actors, "actors": actors, "client_resources": client_resources},
+        indent=2) + "\n")
     backend_config = {
         "init_args": {
-            "num_cpus": cpus,
+            "num_cpus": actors,  # logical CPUs: one per actor (Flower's pool size), see simulation_actors
             "logging_level": "warning",
             "log_to_driver": False,
             "include_dashboard": False,
@@ -98,7 +132,7 @@ def run_engine(plan_path: Path, partner_configs: list[Path]) -> None:
             # (measured: tests of several sessions at once) then fight over it while Ray starts.
             "dashboard_port": _free_loopback_port(),
         },
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": client_resources,
     }
     # Flower creates the Run itself (run=None); the ServerApp reads its settings from this context.
     server_context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)

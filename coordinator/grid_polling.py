@@ -18,11 +18,17 @@ the one patch on this side).
 
 ``FEDCRM_GRID_POLL_S`` (default 0.1) sets the interval; ``3`` reproduces Flower's stock
 behaviour (3 s sleeps, stock retries) for comparisons (``benchmarks/rounds.py``).
+
+``FEDCRM_GRID_JOURNAL`` (a file path, unset by default) appends one JSON line per exchange:
+message type, number of messages, wall-clock start, and seconds to push, to the first reply and
+to the last one. It holds no message content; ``benchmarks/rounds.py`` uses it to split a round
+into coordinator work (between exchanges) and waiting for partners.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -32,6 +38,7 @@ from flwr.app import Message
 from flwr.serverapp.grid import Grid
 
 POLL_ENV = "FEDCRM_GRID_POLL_S"
+JOURNAL_ENV = "FEDCRM_GRID_JOURNAL"
 DEFAULT_POLL_S = 0.1
 STOCK_POLL_S = 3.0
 PULL_INITIAL_BACKOFF_S = 0.05
@@ -97,11 +104,17 @@ class ResponsiveGrid(Grid):
     # -- the one behaviour that differs ---------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``, then pull replies until all arrived or ``timeout`` passed (as Flower's)."""
+        messages = list(messages)
+        started_wall, started = time.time(), time.monotonic()
         pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        pushed = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
+        first_reply: float | None = None
         while pending:
             pulled = list(self.pull_messages(pending))
+            if pulled and first_reply is None:
+                first_reply = time.monotonic()
             replies.extend(pulled)
             pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
             if not pending:
@@ -113,7 +126,26 @@ class ResponsiveGrid(Grid):
                 time.sleep(min(self.poll_s, remaining))
             else:
                 time.sleep(self.poll_s)
+        self._journal(messages, replies, started_wall, started, pushed, first_reply)
         return replies
+
+    @staticmethod
+    def _journal(messages: list[Message], replies: list[Message], started_wall: float, started: float,
+                 pushed: float, first_reply: float | None) -> None:
+        path = os.environ.get(JOURNAL_ENV)
+        if not path:
+            return
+        done = time.monotonic()
+        entry = {
+            "message_type": str(messages[0].metadata.message_type) if messages else "",
+            "group_id": str(messages[0].metadata.group_id) if messages else "",
+            "messages": len(messages), "replies": len(replies), "started": started_wall,
+            "push_s": pushed - started,
+            "first_reply_s": None if first_reply is None else first_reply - started,
+            "last_reply_s": done - started,
+        }
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
 
 def responsive(grid: Grid) -> Grid:

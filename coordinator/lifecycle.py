@@ -13,9 +13,11 @@ engine watches its parent two ways:
   the run was left without status or manifest).
 
 Either way the engine *abandons* the run: it stops new writes to the run directory,
-stops every process carrying the run's marker (Ray's included), copies Ray's logs, removes
-Ray's temp directory, records the run as ``killed`` after its last completed round and
-writes the manifest, then exits. The same :func:`finish_run` ends a completed or failed
+records the run as ``killed`` after its last completed round, then hands the rest to a
+separate *reaper* process (:func:`start_reaper`: Ray's driver code may end the engine as
+soon as Ray's raylet stops), which stops every process carrying the run's marker (Ray's
+and the engine included), copies Ray's logs, removes Ray's temp directory and writes the
+manifest. The same :func:`finish_run` ends a completed or failed
 run, so every ending leaves a finalised run directory and no process behind.
 """
 
@@ -25,13 +27,14 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 
-from fedcrm.coordinator.processes import MARKER_VAR, stop_marked
+from fedcrm.coordinator.processes import MARKER_VAR, is_alive, stop_marked
 from fedcrm.coordinator.recorder import stop_writes
 from fedcrm.coordinator.registry import finalise_run_dir, write_manifest
 from fedcrm.logging import get_logger
@@ -72,6 +75,12 @@ def finish_run(run_dir: Path, *, outcome: str, error: str | None, wall_s: float,
     with it, the run directory is already closed.
     """
     finalise_run_dir(run_dir, succeeded=outcome == "completed", error=error, wall_s=wall_s, outcome=outcome)
+    stop_and_clear(run_dir, marker, ray_tmp)
+    write_manifest(run_dir)
+
+
+def stop_and_clear(run_dir: Path, marker: str | None, ray_tmp: Path | None) -> None:
+    """Stop every process carrying ``marker``, keep Ray's logs in the run directory, remove Ray's temp directory."""
     if marker:
         leftover = stop_marked(marker, grace_s=3.0)
         if leftover:
@@ -82,7 +91,6 @@ def finish_run(run_dir: Path, *, outcome: str, error: str | None, wall_s: float,
         except OSError as exc:  # a log vanishing mid-copy must not keep the temp dir alive
             log.warning("could not copy Ray logs", extra={"error": str(exc)})
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    write_manifest(run_dir)
 
 
 class ParentGuard:
@@ -137,7 +145,65 @@ class ParentGuard:
         stop_writes()
         tmp = os.environ.get("RAY_TMPDIR")
         try:
-            finish_run(self.run_dir, outcome="killed", error=f"killed: {why}", wall_s=time.monotonic() - self.started,
-                       marker=os.environ.get(MARKER_VAR), ray_tmp=Path(tmp) if tmp else None)
+            finalise_run_dir(self.run_dir, succeeded=False, error=f"killed: {why}",
+                             wall_s=time.monotonic() - self.started, outcome="killed")
+            reaper = start_reaper(self.run_dir, os.environ.get(MARKER_VAR), Path(tmp) if tmp else None)
+            reaper.wait()
         finally:
             os._exit(KILLED_EXIT)
+
+
+#: The reaper's PID, written into the run directory while it ends an abandoned run.
+REAPER_PID_FILE = "reaper.pid"
+
+
+def start_reaper(run_dir: Path, marker: str | None, ray_tmp: Path | None) -> subprocess.Popen[bytes]:
+    """Hand the rest of an abandoned run's ending to a separate process, which outlives the engine.
+
+    Once Ray's raylet is stopped, Ray's driver code still running in the engine's main
+    thread ends the engine process at once ("Exiting because the Raylet IPC connection
+    failed and the local Raylet is dead", measured in CI): an ending done in the engine
+    itself was cut off before Ray's temp directory was removed. The reaper carries the
+    run's ``FLWR_HOME`` (so it counts as one of the run's processes) but not its marker (so
+    stopping the marked processes does not stop it).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in (MARKER_VAR, PARENT_FD_VAR, PARENT_PID_VAR)}
+    command = [sys.executable, "-m", "fedcrm.coordinator.lifecycle", str(run_dir), marker or "",
+               str(ray_tmp) if ray_tmp else ""]
+    return subprocess.Popen(command, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def wait_for_reaper(run_dir: Path, timeout_s: float) -> bool:
+    """Wait until an abandoned run's reaper (if one was started) has ended; False if it is still running."""
+    path = run_dir / REAPER_PID_FILE
+    deadline = time.monotonic() + timeout_s
+    while path.exists():
+        try:
+            pid = int(path.read_text())
+        except (OSError, ValueError):
+            return True  # removed (or being written) as we looked
+        if not is_alive(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _reap(run_dir: Path, marker: str | None, ray_tmp: Path | None) -> None:
+    """The reaper's work: stop the run's processes, keep Ray's logs, remove its temp dir, write the manifest.
+
+    Its PID file is written first, before it stops the engine (whose end the coordinator then
+    waits past, see :func:`wait_for_reaper`), and removed last: written by the engine after
+    starting the reaper, it could outlive a reaper that had already finished.
+    """
+    (run_dir / REAPER_PID_FILE).write_text(f"{os.getpid()}\n")
+    try:
+        stop_and_clear(run_dir, marker, ray_tmp)
+    finally:
+        (run_dir / REAPER_PID_FILE).unlink(missing_ok=True)
+        write_manifest(run_dir)
+
+
+if __name__ == "__main__":
+    _reap(Path(sys.argv[1]), sys.argv[2] or None, Path(sys.argv[3]) if sys.argv[3] else None)

@@ -1,6 +1,8 @@
 """`fedcrm up` / `fedcrm down`: the deployment topology as real processes on 127.0.0.1.
 
-The same parts as docker-compose.yml, without containers: a SuperLink with TLS (from
+The same parts as docker-compose.yml, without containers: the coordinator's registry
+database (PostgreSQL from Debian's packages, :mod:`fedcrm.coordinator.local_postgres`, its
+cluster kept in ``<dir>/registry-db`` across ``down``/``up``), a SuperLink with TLS (from
 ``fedcrm certs``) and SuperNode authentication, three partners (the bundled skewed Telco
 partners, each initialised, approving the task, its node key registered with
 ``fedcrm coordinator partners add``) each joining with ``fedcrm client join`` over TLS.
@@ -24,13 +26,15 @@ from pathlib import Path
 
 from fedcrm._offline import OFFLINE_ENV
 from fedcrm.certs import CA_CERT, issue
-from fedcrm.coordinator.partners import add_partner, live_nodes, read_registry
+from fedcrm.coordinator.local_postgres import DATABASE, USER, start_local_postgres, stop_local_postgres
+from fedcrm.coordinator.partners import add_partner, live_nodes, read_registry, restore_partners
 from fedcrm.coordinator.processes import MARKER_VAR, processes_with_marker, stop_marked, stop_processes
 from fedcrm.coordinator.superlink import free_port, start_superlink
 from fedcrm.errors import CoordinatorError
 from fedcrm.paths import DATASETS
 
 STATE_FILE = "stack.json"
+REGISTRY_DB = "registry-db"
 PARTNERS = ("A", "B", "C")
 TASK = DATASETS / "tasks" / "telco_churn.yaml"
 
@@ -91,15 +95,20 @@ def up(directory: Path, timeout_s: float = 300.0) -> list[Part]:
         issue(tls, ["127.0.0.1", "localhost"])
     configs = prepare_partners(directory)
     parts: list[Part] = []
-    link = start_superlink(directory / "superlink", tls_dir=tls, node_auth=True)
-    parts.append(Part("superlink", link.pid, link.marker, link.address, str(link.state_dir / "superlink.log")))
-    _save(directory, parts)
     try:
+        marker = uuid.uuid4().hex
+        db = start_local_postgres(directory / REGISTRY_DB, free_port(), env={**os.environ, MARKER_VAR: marker})
+        parts.append(Part(REGISTRY_DB, db.pid, marker, f"127.0.0.1:{db.port}", str(db.root / "server.log")))
+        _save(directory, parts)
+        link = start_superlink(directory / "superlink", tls_dir=tls, node_auth=True)
+        parts.append(Part("superlink", link.pid, link.marker, link.address, str(link.state_dir / "superlink.log")))
+        _save(directory, parts)
         registry = directory / "partners.json"
-        known = read_registry(registry)
+        # The SuperLink's state is in memory: keys registered before a restart are registered again.
+        known = {e.name for e in restore_partners(link.address, tls / CA_CERT, registry)}
         for config in configs:
             name = config.parent.name
-            if name not in known:  # registrations live on in the SuperLink's state.db across restarts
+            if name not in known:
                 add_partner(name, config.parent / "node.key.pub", link.address, tls / CA_CERT, registry)
         for config in configs:
             port = free_port()
@@ -148,7 +157,11 @@ def down(directory: Path, grace_s: float = 15.0) -> set[int]:
     directory = directory.resolve()
     parts = read_stack(directory)
     survivors: set[int] = set()
-    for part in reversed(parts):  # partners before the SuperLink
+    for part in reversed(parts):  # partners, then the SuperLink, then the registry database
+        if part.name == REGISTRY_DB:
+            survived = stop_local_postgres(directory / REGISTRY_DB, grace_s)
+            survivors |= {survived} if survived else set()
+            continue
         try:
             os.kill(part.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -161,6 +174,12 @@ def down(directory: Path, grace_s: float = 15.0) -> set[int]:
     (directory / STATE_FILE).unlink(missing_ok=True)
     (directory / "superlink" / "superlink.pid").unlink(missing_ok=True)
     return survivors
+
+
+def registry_url(directory: Path) -> str | None:
+    """SQLAlchemy URL of the running stack's registry database (None when no stack runs there)."""
+    db = next((p for p in read_stack(directory.resolve()) if p.name == REGISTRY_DB), None)
+    return f"postgresql+psycopg://{USER}@{db.listens}/{DATABASE}" if db is not None else None
 
 
 def run_on_stack(directory: Path, rounds: int, seed: int = 0):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,36 @@ def add_partner(name: str, public_key_path: Path, superlink: str, root_certifica
     log.info("partner node key registered", extra={"partner": name, "node_key_fingerprint": key_fingerprint,
                                                    "node_id": entry.node_id, "superlink": superlink})
     return entry
+
+
+def restore_partners(superlink: str, root_certificates: Path, registry: Path = DEFAULT_REGISTRY
+                     ) -> list[PartnerEntry]:
+    """Register every key of ``registry`` with a SuperLink that just started; returns the updated entries.
+
+    The SuperLink keeps its state in memory (:mod:`fedcrm.coordinator.superlink`), so a restarted
+    SuperLink knows no node key: the operator's registry is the record of who is admitted. Each
+    key is registered again with ``flwr supernode register``; Flower hands out new node ids,
+    which are written back to the registry.
+    """
+    entries = read_registry(registry)
+    restored: list[PartnerEntry] = []
+    with tempfile.TemporaryDirectory(prefix="fedcrm-partner-keys-") as tmp:
+        for entry in sorted(entries.values(), key=lambda e: e.name):
+            key_path = Path(tmp) / f"{entry.name}.pub"
+            key_path.write_text(entry.public_key + "\n")
+            if fingerprint(load_public_key(key_path)) != entry.fingerprint:
+                raise PartnerRegistryError(f"{registry}: the key recorded for partner {entry.name} does not match "
+                                           f"its fingerprint {entry.fingerprint}")
+            answer = flwr_cli(["supernode", "register", str(key_path), "--name", entry.name], superlink,
+                              root_certificates)
+            entries[entry.name] = replace(entry, node_id=str(answer["node-id"]), superlink=superlink)
+            restored.append(entries[entry.name])
+            log.info("partner node key registered again", extra={
+                "partner": entry.name, "node_key_fingerprint": entry.fingerprint,
+                "node_id": entries[entry.name].node_id, "superlink": superlink})
+    if restored:
+        _write_registry(registry, entries)
+    return restored
 
 
 def remove_partner(name: str, superlink: str, root_certificates: Path, registry: Path = DEFAULT_REGISTRY

@@ -32,7 +32,8 @@ def processes_with_marker(marker: str) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is already dead)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, OSError):
@@ -48,16 +49,16 @@ def stop_processes(pids: set[int], grace_s: float = 5.0) -> set[int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(is_alive(p) for p in pids):
         time.sleep(0.1)
     for pid in pids:
-        if _alive(pid):
+        if is_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     time.sleep(0.2)
-    return {p for p in pids if _alive(p)}
+    return {p for p in pids if is_alive(p)}
 
 
 def stop_marked(marker: str, grace_s: float = 5.0) -> set[int]:

@@ -12,12 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedcrm.errors import ModelIntegrityError
-from fedcrm.models.io import load_model_arrays, sha256_file
-
-MANIFEST = "manifest.json"
+from fedcrm.models.io import sha256_file
+# Reading a run directory's models is shared with partners (who may not import the coordinator):
+# fedcrm.run_artifacts. Re-exported here for the coordinator's own callers.
+from fedcrm.run_artifacts import MANIFEST, load_run_model, manifest_hash  # noqa: F401
 SKIP_IN_MANIFEST = {MANIFEST}
 
 
@@ -98,29 +96,6 @@ def write_manifest(run_dir: Path) -> Path:
     path = run_dir / MANIFEST
     path.write_text(json.dumps({"files": files}, indent=2, sort_keys=True))
     return path
-
-
-def manifest_hash(run_dir: Path, relative: str) -> str:
-    """The SHA-256 the manifest records for one file."""
-    try:
-        files = json.loads((run_dir / MANIFEST).read_text())["files"]
-    except FileNotFoundError as exc:
-        raise ModelIntegrityError(f"{run_dir}: no {MANIFEST}; refusing to trust its files") from exc
-    if relative not in files:
-        raise ModelIntegrityError(f"{run_dir}: {relative} is not in the manifest")
-    return str(files[relative])
-
-
-def load_run_model(run_dir: Path, label: str = "final") -> tuple[list[str], list[np.ndarray], dict[str, Any]]:
-    """A model of a run, after checking both its files against the manifest."""
-    model = run_dir / "model" / f"{label}.safetensors"
-    sidecar = model.with_suffix(".json")
-    if not model.exists():
-        raise ModelIntegrityError(f"{model}: no such model (did the run succeed?)")
-    side_expected = manifest_hash(run_dir, str(sidecar.relative_to(run_dir)))
-    if sha256_file(sidecar) != side_expected:
-        raise ModelIntegrityError(f"{sidecar}: sha256 does not match the manifest")
-    return load_model_arrays(model, manifest_hash(run_dir, str(model.relative_to(run_dir))))
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:

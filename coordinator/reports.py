@@ -44,6 +44,10 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], status: dict[str, 
     plan = json.loads((run_dir / "plan.json").read_text())
     cfg = plan["config"]
     plot = plot_auc(rounds, run_dir / "roc_auc.png")
+    from fedcrm.coordinator.model_choice import model_selection
+    from fedcrm.coordinator.registry import read_events
+
+    chosen = model_selection(read_events(run_dir), rounds)
     lines = [
         f"# Run {plan['run_id']}",
         "",
@@ -54,8 +58,9 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], status: dict[str, 
         f"{cfg['rounds']} rounds, aggregation **{cfg['aggregation']}**, strategy {cfg['strategy']}, "
         f"model {cfg['architecture']}",
         f"- wall time: {status['wall_s']} s",
+        *_selection_lines(chosen, status),
         "",
-        "| round | consent as of | federated ROC AUC | PR AUC | top-decile lift | loss | SecAgg+ stages complete |",
+        "| round | consent as of | federated ROC AUC (local hold-outs) | PR AUC | top-decile lift | validation loss | SecAgg+ stages complete |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
@@ -83,6 +88,19 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], status: dict[str, 
     )
     (run_dir / "report.html").write_text(page)
     return run_dir / "report.md"
+
+
+def _selection_lines(chosen: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    """Which round the final model is, and why (best by federated validation loss, or the last)."""
+    lines = []
+    if status.get("succeeded") and chosen["final_round"] is not None:
+        why = ("lowest federated validation loss (partners' local hold-outs)" if chosen["final_rule"] == "best"
+               else "the last round (run config final_model = \"last\")")
+        lines.append(f"- final model: **round {chosen['final_round']}** — {why}; best round {chosen['best_round']}")
+    if chosen["stopped_early_after"] is not None:
+        lines.append(f"- early stopping: stopped after round {chosen['stopped_early_after']} "
+                     "(no lower federated validation loss within the patience)")
+    return lines
 
 
 def _f(value: Any) -> str:

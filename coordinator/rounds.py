@@ -36,6 +36,7 @@ from fedcrm.coordinator.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
+from fedcrm.coordinator.model_choice import ModelChoice
 from fedcrm.coordinator.secagg import MinPartnersSecAggPlusWorkflow, secagg_parameters
 from fedcrm.coordinator.strategies import make_strategy
 from fedcrm.coordinator.workflows import RoundsWorkflow, StageGrid
@@ -85,6 +86,8 @@ def run_rounds(fed: Any, grid: Grid, context: Context) -> list[np.ndarray]:
         restore_random_state(checkpoint.random_state)
 
     latest: dict[int, list[np.ndarray]] = {}
+    choice = model_choice(fed)
+    best: dict[int, list[np.ndarray]] = {}  # the best round's parameters seen in this segment
 
     def on_fit(server_round: int, parameters: Any, results: list[Any]) -> None:
         latest[server_round] = parameters_to_ndarrays(parameters)
@@ -92,7 +95,15 @@ def run_rounds(fed: Any, grid: Grid, context: Context) -> list[np.ndarray]:
 
     def on_evaluate(server_round: int, loss: float, results: list[Any]) -> None:
         fed.on_evaluate(server_round, loss, results)
-        write_checkpoint(fed, strategy, server_round, latest.pop(server_round))
+        parameters = latest.pop(server_round)
+        choice.observe(server_round, loss)
+        if choice.best_round == server_round:
+            best.clear()
+            best[server_round] = parameters
+        write_checkpoint(fed, strategy, server_round, parameters)
+        if choice.should_stop(server_round) and server_round < cfg.rounds:
+            fed.recorder.event("early_stop", round=server_round, best_round=choice.best_round,
+                               patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta)
 
     def on_dropout(server_round: int, stage: str, partners: dict[str, str]) -> None:
         fed.recorder.event("dropout", round=server_round, stage=stage, partners=partners)
@@ -101,6 +112,7 @@ def run_rounds(fed: Any, grid: Grid, context: Context) -> list[np.ndarray]:
     strategy.on_evaluate = on_evaluate  # type: ignore[attr-defined]
     strategy.on_dropout = on_dropout  # type: ignore[attr-defined]
     strategy.missing_reasons = lambda: stage_grid.missing  # type: ignore[attr-defined]
+    strategy.identify = lambda server_round, nodes: fed.identify(stage_grid, server_round, nodes)  # type: ignore[attr-defined]
 
     fit_workflow = None
     if secagg:
@@ -120,10 +132,47 @@ def run_rounds(fed: Any, grid: Grid, context: Context) -> list[np.ndarray]:
             on_stage=fed.on_stage,
             on_dropout=on_dropout,
         )
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - start), strategy=strategy)
-    RoundsWorkflow(fit_workflow=fit_workflow, first_round=start + 1)(stage_grid, legacy)
+    served = strategy
+    if cfg.dp.mode == "client":  # an option for many partners only; see coordinator/client_dp.py
+        from fedcrm.coordinator.client_dp import wrap_client_dp
+
+        served = wrap_client_dp(strategy, noise_multiplier=cfg.dp.noise_multiplier, clipping_norm=cfg.dp.clipping_norm,
+                                num_partners=plan.num_partners)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds - start), strategy=served)
+    RoundsWorkflow(fit_workflow=fit_workflow, first_round=start + 1, stop=choice.should_stop)(stage_grid, legacy)
     final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
-    return parameters_to_ndarrays(final)
+    return select_final(fed, choice, best, parameters_to_ndarrays(final))
+
+
+def model_choice(fed: Any) -> ModelChoice:
+    """Early stopping and best-round state, replayed from the rounds already recorded (resume)."""
+    from fedcrm.coordinator.registry import rounds_from_events
+
+    cfg = fed.cfg
+    done = {int(r["round"]): float(r["federated"]["loss"]) for r in rounds_from_events(fed.recorder.events())
+            if "federated" in r}
+    return ModelChoice.replay(done, patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta,
+                              rule=cfg.final_model)
+
+
+def select_final(fed: Any, choice: ModelChoice, best: dict[int, list[np.ndarray]],
+                 last: list[np.ndarray]) -> list[np.ndarray]:
+    """The parameters of the run's final model (best round's or last), recording which round it is."""
+    from fedcrm.coordinator.registry import load_run_model
+
+    chosen = choice.final_round()
+    if chosen is None:
+        return last
+    if choice.rule == "last" or chosen == max(choice.losses):
+        parameters = last
+    elif chosen in best:
+        parameters = best[chosen]
+    else:  # the best round was before a resume: its model is in the run directory, checked against the manifest
+        parameters = load_run_model(fed.plan.run_dir, f"round-{chosen}")[1]
+    fed.final_meta = {"round": chosen, "rule": choice.rule, "best_round": choice.best_round}
+    fed.recorder.event("model_selected", round=chosen, rule=choice.rule, best_round=choice.best_round,
+                       loss=choice.losses[chosen])
+    return parameters
 
 
 def write_checkpoint(fed: Any, strategy: object, server_round: int, parameters: list[np.ndarray]) -> None:

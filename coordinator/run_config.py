@@ -22,6 +22,39 @@ PARTNER_DECISIONS = {
 }
 
 
+class DpConfig(BaseModel):
+    """Differential privacy the run asks of every partner (``[run.dp]``); each partner decides whether it accepts.
+
+    ``record`` (DP-SGD at each partner, Opacus): ``target_epsilon`` is the ε each partner's
+    accountant may reach after the planned rounds, at ``delta`` (default: each partner's own,
+    below 1/n), with per-sample gradients clipped to ``max_grad_norm``. ``client`` (Flower's
+    fixed clipping: each update's change clipped to ``clipping_norm`` at the partner, Gaussian
+    noise ``noise_multiplier × clipping_norm`` added by the coordinator to the sum) is an option
+    for federations of many partners only; see docs/privacy.md for why it is not the default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "record", "client"] = "off"
+    target_epsilon: float | None = Field(None, gt=0.0, le=100.0, description="record mode: ε after all rounds")
+    delta: float | None = Field(None, gt=0.0, lt=1e-2, description="record mode; default: each partner's, < 1/n")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="record mode: per-sample gradient clipping norm")
+    noise_multiplier: float = Field(1.0, gt=0.0, description="client mode: noise std / clipping_norm")
+    clipping_norm: float = Field(1.0, gt=0.0, description="client mode: bound on each partner's update norm")
+    statistics: bool = Field(
+        False, description="Ask every partner for Gaussian noise on its statistics-round cells (ε its own "
+                           "statistics_epsilon); a partner whose purpose requires DP adds it anyway")
+    profiles: bool = Field(
+        False, description="Analytics runs: ask every partner for Gaussian noise on its segment-profile cells (ε its "
+                           "own profiles_epsilon); a partner whose purpose requires DP adds it anyway")
+
+    @model_validator(mode="after")
+    def _target_for_record(self) -> DpConfig:
+        if self.mode == "record" and self.target_epsilon is None:
+            raise ValueError("dp.mode = 'record' needs dp.target_epsilon (the ε each partner may reach in this run)")
+        return self
+
+
 class RunConfig(BaseModel):
     """Settings of one federated run; every field has a safe default but the task."""
 
@@ -45,7 +78,9 @@ class RunConfig(BaseModel):
     project_params: bool = Field(True, description="Clamp parameters into the bound during local training")
     quantization_range: int = Field(2**22, gt=0)
     modulus_range: int = Field(2**32, gt=0)
-    max_weight_headroom: float = Field(1.05, ge=1.0, description="max_weight = largest partner's count × this")
+    max_weight_headroom: float = Field(1.05, ge=1.0, description=(
+        "SecAgg+ max_weight = the consortium's total customer count (summed securely in the statistics round) "
+        "× this; no partner's own count is known, and none can exceed the total"))
     min_partners: int | None = Field(
         None, ge=2, description="Fewest partners a training round may complete with (default: every partner)"
     )
@@ -54,6 +89,17 @@ class RunConfig(BaseModel):
     )
     connect_timeout: float = Field(120.0, gt=0, le=86400, description="Longest wait for every partner to connect")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    dp: DpConfig = Field(default_factory=DpConfig, description="Differential privacy ([run.dp]); off by default")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=1000,
+        description="Stop after this many rounds without a lower federated validation loss (default: never stop early)",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0.0, description="A round improves only if its federated validation loss is lower by more than this"
+    )
+    final_model: Literal["best", "last"] = Field(
+        "best", description="The run's final model: the round with the lowest federated validation loss, or the last"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +149,8 @@ class RunPlan(BaseModel):
     task_schema_json: str
     config: RunConfig
     resume_from_round: int = Field(0, ge=0, description="Continue after this round's checkpoint (0: a fresh run)")
+    analytics: dict[str, Any] | None = Field(
+        None, description="A federated analytics run (coordinator/analytics_run.py) instead of training rounds")
 
     def save(self) -> Path:
         """Write ``plan.json`` in the run directory."""

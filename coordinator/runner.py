@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcrm._offline import OFFLINE_ENV, write_ray_bootstrap_config
-from fedcrm.coordinator.lifecycle import PARENT_FD_VAR, PARENT_PID_VAR, finish_run
+from fedcrm.coordinator.lifecycle import PARENT_FD_VAR, PARENT_PID_VAR, finish_run, wait_for_reaper
 from fedcrm.coordinator.processes import MARKER_VAR, stop_marked
 from fedcrm.coordinator.run_config import RunConfig, RunPlan
 from fedcrm.errors import ConfigError, CoordinatorError, RoundFailed
@@ -154,7 +154,7 @@ def resume_federation(run_dir: Path, partner_configs: list[Path] | None = None, 
     Partner config paths default to those the run started with (passed through unread).
     Models of rounds after the checkpoint are discarded: those rounds run again.
     """
-    from fedcrm.coordinator.checkpoint import latest_round, load_checkpoint
+    from fedcrm.coordinator.checkpoint import prepare_resume
 
     run_dir = run_dir.resolve()
     if not (run_dir / "plan.json").exists():
@@ -166,19 +166,10 @@ def resume_federation(run_dir: Path, partner_configs: list[Path] | None = None, 
     if status.get("outcome") == "completed" or status.get("succeeded"):
         raise CoordinatorError(f"{run_dir}: the run completed; nothing to resume")
     check_fault_for_run(plan.config.aggregation)
-    done = latest_round(run_dir)
-    load_checkpoint(run_dir, done)  # refuse now, not after Ray started, if it is missing or does not match
     partners = [str(Path(p).resolve()) for p in partner_configs] if partner_configs else _started_partners(run_dir)
     if len(partners) != plan.num_partners:
         raise CoordinatorError(f"{run_dir}: the run has {plan.num_partners} partners, {len(partners)} given")
-    for model in (run_dir / "model").glob("round-*.safetensors"):
-        label = model.stem.split("-", 1)[1]
-        if label.isdigit() and int(label) > done:
-            model.unlink()
-            model.with_suffix(".json").unlink(missing_ok=True)
-    resumed = plan.model_copy(update={"resume_from_round": done})
-    path = run_dir / f"plan-resume-{done}.json"
-    path.write_text(resumed.model_dump_json(indent=2))
+    resumed, path = prepare_resume(run_dir, plan)  # refuses a missing or mismatched checkpoint before Ray starts
     return run_planned(resumed, path, partners, on_event=on_event, timeout_s=timeout_s)
 
 
@@ -258,6 +249,8 @@ def supervise(command: list[str], *, run_dir: Path, env: dict[str, str], log_nam
                 if process.poll() is None:
                     process.kill()
                     process.wait()
+                if not wait_for_reaper(run_dir, abandon_grace_s):
+                    log.error("the run's reaper did not end in time", extra={"run_dir": str(run_dir)})
                 leftover = stop_marked(marker)
                 if leftover:
                     log.error("processes survived SIGKILL", extra={"pids": sorted(leftover)})

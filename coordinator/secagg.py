@@ -10,12 +10,23 @@ aggregation ran for every contributing partner in every round.
 
 Parameters (:func:`secagg_parameters`), for ``n`` partners and ``m = min_partners``:
 
-- ``num_shares`` = every partner: each partner splits its mask seed and its key into one
-  share per partner (SecAgg+'s neighbour graph is complete; consortia are small);
+- up to :data:`COMPLETE_GRAPH_MAX` (21) partners, ``num_shares`` = every partner: each
+  partner splits its mask seed and its key into one share per partner (SecAgg+'s
+  neighbour graph is complete);
 - ``reconstruction_threshold`` t = m, except that Flower requires t < num_shares, so a
   strict run (m = n) uses t = n - 1. A stage goes on while at least t partners are live
   (each live partner holds one share of everyone's secrets), so a round survives
   n - m dropouts; fewer than t colluding partners learn nothing of anyone's secrets;
+- above 21 partners, ``num_shares`` k = 21: each partner shares its secrets with itself
+  and its 20 neighbours on the ring Flower shuffles afresh every round (SecAgg+'s sparse
+  graph, Bell et al. 2020), and t = m/n of k rounded up, at most k - 1, always above k/2
+  (a strict run: t = 20). Shamir sharing and reconstruction are pure Python in Flower:
+  with the complete graph a round costs O(n^3) (measured in-process at 50 partners: 90 s
+  CPU for SecAgg+ alone, 65 s in the partners' ``share_keys``); with k fixed it is linear
+  in n (17 s at 50; benchmarks/scale_partners.py). The price: a partner's secrets are
+  protected against fewer than t colluders *among its neighbours* instead of among all
+  partners, and each partner must keep t of its neighbours live to survive dropouts
+  (min_partners still bounds the contributors of every stage);
 - refused: m < 2, and m ≤ n/2. With t at or below half the partners a coordinator that
   lies about who dropped out could collect t shares of a partner's mask seed *and* t of
   its key, and unmask that partner's individual update (SecAgg's t > n/2 bound against
@@ -49,6 +60,9 @@ from fedcrm.errors import SecureAggregationHalted
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 
 StageCallback = Callable[[int, str, list[str]], None]
+#: Up to this many partners every partner holds a share of everyone's secrets; above it, of its
+#: COMPLETE_GRAPH_MAX - 1 neighbours' (odd, as Flower's SecAgg+ ring wants).
+COMPLETE_GRAPH_MAX = 21
 
 
 def secagg_parameters(num_partners: int, min_partners: int) -> tuple[int | float, int | float]:
@@ -68,7 +82,10 @@ def secagg_parameters(num_partners: int, min_partners: int) -> tuple[int | float
             f"use min_partners >= {n // 2 + 1}, or aggregation = 'plain' (no secure aggregation)")
     if n == 2:
         return 1.0, 1.0  # Flower's only form for two partners: 2 shares, threshold 2 (no dropout survivable)
-    return n, min(m, n - 1)
+    if n <= COMPLETE_GRAPH_MAX:
+        return n, min(m, n - 1)
+    k = COMPLETE_GRAPH_MAX
+    return k, max(k // 2 + 1, min(-(-k * m // n), k - 1))
 
 
 class MinPartnersSecAggPlusWorkflow(SecAggPlusWorkflow):

@@ -28,22 +28,28 @@ from fedcrm.coordinator.grid_polling import responsive
 from fedcrm.coordinator.recorder import RunRecorder
 from fedcrm.coordinator.run_config import RunPlan
 from fedcrm.coordinator.rounds import run_rounds
+from fedcrm.coordinator.secure_sum import SecureSumSettings, secure_sum
 from fedcrm.coordinator.strategies import NodeNames, short_reason
-from fedcrm.errors import RoundFailed
+from fedcrm.errors import FedcrmError, RoundFailed
 from fedcrm.logging import get_logger
 from fedcrm.models.nets import build_model
 from fedcrm.models.params import get_arrays, get_names
 from fedcrm.protocol import (
+    ROWS_KEY,
     EvaluateMetrics,
     EvaluateOrder,
     FitMetrics,
     FitOrder,
     HelloOrder,
     HelloReply,
+    SecureStatisticsOrder,
+    SecureSumReceipt,
     StatisticsOrder,
     StatisticsReply,
     TaskSchema,
+    statistics_cells,
 )
+from fedcrm.secure_vector import SecureVectorCodec
 
 log = get_logger(__name__)
 
@@ -67,6 +73,7 @@ class Federation:
              "task_schema_sha256": self.task.sha256(), "feature_names": self.task.encoded_names()},
         )
         self.node_names: NodeNames = {}
+        self.run_partners: set[str] = set()  # names learnt at the handshake
         self.scaling: dict[str, tuple[float, float]] = {}
         self.max_weight = 1.0
 
@@ -92,7 +99,16 @@ class Federation:
             project_params=self.cfg.project_params,
             max_weight=self.max_weight if secagg else None,
             clipping_range=self.cfg.clipping_range if secagg else None,
+            **self._dp_fields(),
         )
+
+    def _dp_fields(self) -> dict[str, Any]:
+        """What a fit order asks of the partners' differential privacy (they decide)."""
+        dp = self.cfg.dp
+        if dp.mode != "record":
+            return {"dp_mode": dp.mode}
+        return {"dp_mode": "record", "dp_target_epsilon": dp.target_epsilon, "dp_delta": dp.delta,
+                "dp_max_grad_norm": dp.max_grad_norm, "dp_planned_rounds": self.cfg.rounds}
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """Flower config of a training round (the strategy's ``on_fit_config_fn``)."""
@@ -116,6 +132,8 @@ class Federation:
             metrics = FitMetrics.from_config(res.metrics)
             partners[name] = {"num_examples": res.num_examples, "loss": metrics.loss,
                               "consent_as_of": metrics.consent_as_of.isoformat()}
+            if metrics.dp is not None:
+                partners[name]["dp"] = metrics.dp.model_dump()
             self.recorder.head(name, server_round, "fit", metrics.ledger_checkpoint)
         self.recorder.event("fit", round=server_round, partners=partners)
 
@@ -174,23 +192,92 @@ class Federation:
         wait = max(self.cfg.connect_timeout, self.cfg.stage_timeout)
         hello = self.query(grid, node_ids, HelloOrder(run_id=self.plan.run_id).to_config(), "hello", wait)
         self.node_names.update({n: HelloReply.from_config(a).partner for n, a in hello.items()})
+        self.run_partners = set(self.node_names.values())
         self.recorder.event("partners", partners=sorted(self.node_names.values()))
         return node_ids
 
+    def identify(self, grid: Grid, server_round: int, node_ids: list[int]) -> None:
+        """Ask nodes the run has not seen who they are (a restarted partner's SuperNode has a new node id).
+
+        A node answering as one of this run's partners is known by that name from now on
+        (a ``rejoin`` event); any other answer, or none within the stage timeout, leaves it
+        unknown, and the strategy never samples it.
+        """
+        content = compat.getpropertiesins_to_recorddict(
+            GetPropertiesIns(config=dict(HelloOrder(run_id=self.plan.run_id).to_config())))
+        messages = [Message(content=content, dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES,
+                            group_id=str(server_round)) for n in node_ids]
+        for reply in grid.send_and_receive(messages, timeout=self.cfg.stage_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                continue
+            try:
+                name = HelloReply.from_config(dict(compat.recorddict_to_getpropertiesres(reply.content).properties)).partner
+            except FedcrmError:  # a protocol mismatch: not one of this run's partners
+                continue
+            if name in self.run_partners:
+                self.node_names[node] = name
+                self.recorder.event("rejoin", round=server_round, partner=name, node=node)
+
+    def secure_settings(self) -> SecureSumSettings:
+        """SecAgg+ settings of the run's secure sums: its partners, min_partners and stage timeout."""
+        codec = SecureVectorCodec(quantization_range=self.cfg.quantization_range, modulus_range=self.cfg.modulus_range)
+        return SecureSumSettings(num_partners=self.plan.num_partners,
+                                 min_partners=self.cfg.min_partners_of(self.plan.num_partners),
+                                 stage_timeout=self.cfg.stage_timeout, codec=codec)
+
+    def secure_statistics(self, grid: Grid, node_ids: list[int]) -> None:
+        """The statistics round through SecAgg+: the coordinator sees only sums over partners.
+
+        ``max_weight`` becomes the consortium's customer count × headroom (no partner's own size
+        is known, and none can exceed the total).
+        """
+        settings = self.secure_settings()
+        cells = statistics_cells(self.task)
+        codec = settings.codec
+        order = SecureStatisticsOrder(**self._task_fields(0), cells=cells, dp_noise=self.cfg.dp.statistics,
+                                      fraction_bits=codec.fraction_bits,
+                                      limbs=codec.limbs, quantization_range=codec.quantization_range,
+                                      modulus_range=codec.modulus_range)
+        result = secure_sum(grid, order=dict(order.to_config()), cells=cells, node_ids=node_ids,
+                            node_names=self.node_names, settings=settings, server_round=0, stage="stats",
+                            on_stage=lambda r, stage, partners: self.recorder.event(
+                                "secure_sum_stage", sum="stats", round=r, stage=stage, partners=partners))
+        receipts = {name: SecureSumReceipt.from_config(r) for name, r in result.receipts.items()}
+        for name, receipt in receipts.items():
+            self.recorder.head(name, 0, "stats", receipt.ledger_checkpoint)
+        self.scaling = combine_statistics({"consortium": result.sums}, self.task)
+        total = int(round(result.sums[ROWS_KEY]))
+        self.max_weight = float(total) * self.cfg.max_weight_headroom
+        self.recorder.event("statistics", secure=True, partners=len(result.contributors), total_rows=total,
+                            scaling=self.scaling, max_weight=self.max_weight, dp_noise_asked=order.dp_noise,
+                            dp_epsilon={n: r.dp_epsilon for n, r in receipts.items() if r.dp_epsilon is not None},
+                            error_bound=codec.error_bound(len(result.contributors)))
+
     def statistics(self, grid: Grid, node_ids: list[int]) -> None:
-        """The federated statistics round: scaling, and partner sizes for SecAgg+ max_weight."""
-        answers = self.query(grid, node_ids, StatisticsOrder(**self._task_fields(0)).to_config(), "stats",
+        """The federated statistics round: scaling, and partner sizes for SecAgg+ max_weight.
+
+        Under secure aggregation (the default) it runs through SecAgg+ (:meth:`secure_statistics`);
+        only a plain comparison run asks each partner for its cells in the clear.
+        """
+        if self.cfg.aggregation == "secagg":
+            self.secure_statistics(grid, node_ids)
+            return
+        answers = self.query(grid, node_ids, StatisticsOrder(**self._task_fields(0), dp_noise=self.cfg.dp.statistics).to_config(), "stats",
                              self.cfg.stage_timeout)
-        cells = {}
+        cells, spent = {}, {}
         for node, answer in answers.items():
             name = self.node_names[node]
             reply = StatisticsReply.from_config(answer)
             self.recorder.head(name, 0, "stats", reply.ledger_checkpoint)
             cells[name] = dict(reply.cells)
+            if reply.dp_epsilon is not None:
+                spent[name] = reply.dp_epsilon
         self.scaling = combine_statistics(cells, self.task)
         rows = partner_rows(cells)
         self.max_weight = float(max(rows.values())) * self.cfg.max_weight_headroom
-        self.recorder.event("statistics", partner_rows=rows, scaling=self.scaling, max_weight=self.max_weight)
+        self.recorder.event("statistics", secure=False, partners=len(rows), partner_rows=rows, scaling=self.scaling,
+                            max_weight=self.max_weight, dp_noise_asked=self.cfg.dp.statistics, dp_epsilon=spent)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, grid: Grid, context: Context) -> None:
@@ -198,7 +285,9 @@ class Federation:
         self.recorder.event("run_start", run_id=self.plan.run_id, aggregation=self.cfg.aggregation)
         # Round 0 (or a resume's handshake), strategy, SecAgg+, dropouts, checkpoints: coordinator/rounds.py
         final = run_rounds(self, grid, context)
-        self.recorder.model("final", final, model_version=f"{self.plan.run_id}:final")
+        # The best round's model unless the run config says final_model = "last" (coordinator/model_choice.py).
+        self.recorder.model("final", final, model_version=f"{self.plan.run_id}:final",
+                            **getattr(self, "final_meta", {}))
         self.recorder.event("run_end", run_id=self.plan.run_id)
 
 
@@ -222,4 +311,9 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point Flower calls: read the plan named in the run config and run it."""
     plan = RunPlan.load(str(context.run_config[PLAN_KEY]))
     # Flower's deployment grid sleeps a fixed 3 s between pulls for replies: see coordinator/grid_polling.py.
+    if plan.analytics is not None:  # a federated analytics run: secure sums and PSI counts, no training
+        from fedcrm.coordinator.analytics_run import run_analytics
+
+        run_analytics(Federation(plan), responsive(grid))
+        return
     Federation(plan).run(responsive(grid), context)

@@ -66,6 +66,8 @@ class MinPartnersRounds:
     on_evaluate: Callable[[int, float, list[tuple[ClientProxy, EvaluateRes]]], None] | None
     on_dropout: DropoutCallback | None
     missing_reasons: Callable[[], Dropouts]
+    #: Asks nodes the run has not seen who they are (round, node ids); fills ``node_names``.
+    identify: Callable[[int, list[int]], None] | None
 
     def _init_rounds(self, node_names: NodeNames, min_partners: int, wait_s: float, fit_checked_by_secagg: bool) -> None:
         self.node_names = node_names
@@ -77,6 +79,8 @@ class MinPartnersRounds:
         self.on_evaluate = None
         self.on_dropout = None
         self.missing_reasons = dict
+        self.identify = None
+        self._strangers: set[int] = set()  # nodes that are no partner of this run, or a partner's old node
 
     def _names(self, node_ids: set[int]) -> list[str]:
         return [self.node_names.get(n, f"node {n}") for n in sorted(node_ids)]
@@ -120,16 +124,47 @@ class MinPartnersRounds:
         if absent and self.on_dropout is not None:
             self.on_dropout(server_round, stage, {name: "not connected" for name in absent})
 
+    def _learn_new_nodes(self, server_round: int, client_manager: ClientManager) -> None:
+        """A node the run has not seen (a restarted partner's new SuperNode) says who it is before it is sampled.
+
+        On Flower's deployment engine a restarted SuperNode without node authentication
+        comes back with a new node id. It is asked the handshake's hello; if it answers as a
+        partner of this run, the partner's old node id is retired and the partner takes part
+        again under its own name. A node that does not answer as a partner is never sampled.
+        """
+        unknown = [proxy.node_id for proxy in client_manager.all().values()
+                   if proxy.node_id not in self.node_names and proxy.node_id not in self._strangers]
+        if not unknown or self.identify is None:
+            self._strangers.update(unknown)
+            return
+        before = dict(self.node_names)
+        self.identify(server_round, sorted(unknown))
+        for node in unknown:
+            name = self.node_names.get(node)
+            if name is None:
+                self._strangers.add(node)
+                continue
+            for old, old_name in before.items():
+                if old_name == name and old != node:
+                    self.node_names.pop(old, None)
+                    self._strangers.add(old)
+
+    def _known_only(self, instructions: list[Any]) -> list[Any]:
+        return [(proxy, ins) for proxy, ins in instructions if proxy.node_id in self.node_names]
+
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):  # noqa: ANN201
         self._wait_for_partners("fit", server_round, client_manager)
-        instructions = super().configure_fit(server_round, parameters, client_manager)  # type: ignore[misc]
+        self._learn_new_nodes(server_round, client_manager)
+        instructions = self._known_only(super().configure_fit(server_round, parameters, client_manager))  # type: ignore[misc]
         self._sampled[("fit", server_round)] = {proxy.node_id for proxy, _ in instructions}
         self._record_absent("fit", server_round, self._sampled[("fit", server_round)])
         return instructions
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):  # noqa: ANN201
         self._wait_for_partners("evaluate", server_round, client_manager)
-        instructions = super().configure_evaluate(server_round, parameters, client_manager)  # type: ignore[misc]
+        self._learn_new_nodes(server_round, client_manager)
+        instructions = self._known_only(
+            super().configure_evaluate(server_round, parameters, client_manager))  # type: ignore[misc]
         self._sampled[("evaluate", server_round)] = {proxy.node_id for proxy, _ in instructions}
         self._record_absent("evaluate", server_round, self._sampled[("evaluate", server_round)])
         return instructions

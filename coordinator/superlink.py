@@ -1,9 +1,21 @@
 """A local Flower SuperLink for deployment runs: start it, wait for it, stop it by PID.
 
-The SuperLink is started from the same virtual environment as fedcrm (its ``bin/`` next
-to ``sys.executable``) with runtime dependency installation off (it would otherwise
-``uv sync`` each run's dependencies from a registry), its state database in a directory
-we choose, and the no-phone-home environment. It runs in its own session, and every
+The SuperLink is Flower's ``flower-superlink`` run through
+:mod:`fedcrm.coordinator.superlink_main` (a longer start-up window for the ServerApp
+process; see there), from the same virtual environment as fedcrm, with runtime dependency
+installation off (it would otherwise
+``uv sync`` each run's dependencies from a registry), its logs in a directory we choose,
+and the no-phone-home environment.
+
+Its state (messages in flight, runs, registered node keys) is Flower's in-memory store by
+default, not its SQLite database: measured with the round-time benchmark, the SQL store
+made the SuperLink the busiest process of a deployment run (every poll of every SuperNode,
+worker and ServerApp is a SQLAlchemy round trip; token clean-up runs on each), 92–130 s
+per SecAgg+ round against 39–47 s in memory, side by side on the same loaded machine.
+Nothing fedcrm needs lives only there: runs, checkpoints and models are in the run
+directory, partner keys in the operator's partner registry (re-registered when a
+SuperLink starts: ``fedcrm coordinator superlink --partners``). ``database=PATH`` keeps
+Flower's SQLite store for operators who want Flower's own run history to survive a restart. It runs in its own session, and every
 process it starts (``flwr-serverapp``, ``flower-superexec``) inherits a marker variable,
 so stopping it stops them too, by PID (see :mod:`fedcrm.coordinator.processes`).
 """
@@ -25,6 +37,8 @@ from fedcrm.coordinator.processes import MARKER_VAR, stop_marked, stop_processes
 from fedcrm.errors import CoordinatorError
 
 PID_FILE = "superlink.pid"
+#: Flower's Python in-memory link state (``flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME``).
+IN_MEMORY_STATE = ":flwr-in-memory:"
 
 
 def venv_bin() -> Path:
@@ -89,9 +103,11 @@ class SuperLink:
 
 
 def start_superlink(state_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                    timeout_s: float = 60.0, tls_dir: Path | None = None, node_auth: bool = False) -> SuperLink:
-    """Start ``flower-superlink`` with its database and logs in ``state_dir``.
+                    timeout_s: float = 60.0, tls_dir: Path | None = None, node_auth: bool = False,
+                    database: Path | None = None) -> SuperLink:
+    """Start ``flower-superlink`` with its logs (and PID file) in ``state_dir``.
 
+    Its state is in memory unless ``database`` names a SQLite file (see the module docstring).
     TLS uses ``ca.pem``/``server.pem``/``server.key`` from ``tls_dir`` (``fedcrm certs create``);
     ``node_auth`` admits only registered SuperNode keys. Without ``tls_dir`` it is ``--insecure``.
 
@@ -106,9 +122,10 @@ def start_superlink(state_dir: Path, *, host: str = "127.0.0.1", port: int | Non
     marker = uuid.uuid4().hex
     log_path = state_dir / "superlink.log"
     command = [
-        str(venv_bin() / "flower-superlink"), *superlink_security_args(tls_dir, node_auth),
+        sys.executable, "-m", "fedcrm.coordinator.superlink_main", *superlink_security_args(tls_dir, node_auth),
         "--host", host, "--port", str(port),
-        "--database", str(state_dir / "state.db"), "--disable-runtime-dependency-installation",
+        "--database", str(database.resolve()) if database else IN_MEMORY_STATE,
+        "--disable-runtime-dependency-installation",
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=state_dir, env=flower_env(state_dir / "flwr_home", marker),

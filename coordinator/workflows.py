@@ -15,8 +15,9 @@ the registry records.
 
 from __future__ import annotations
 
+import time
 import timeit
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
@@ -49,7 +50,9 @@ class StageGrid:
         messages = list(messages)
         wait = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         destinations = {m.metadata.dst_node_id for m in messages}
+        started = time.monotonic()
         replies = list(self._grid.send_and_receive(messages, timeout=wait))
+        elapsed = time.monotonic() - started
         missing: dict[int, str] = {}
         answered = set()
         for reply in replies:
@@ -57,8 +60,11 @@ class StageGrid:
             answered.add(node)
             if reply.has_error():
                 missing[node] = short_reason(str(reply.error.reason)) or f"error code {reply.error.code}"
+        # Flower may end an exchange before the timeout (a node it knows is gone): say which happened.
+        silent = (f"no reply within the stage timeout of {wait:.0f} s" if elapsed >= wait - 0.5
+                  else f"no reply (the exchange ended after {elapsed:.0f} s, before the stage timeout of {wait:.0f} s)")
         for node in destinations - answered:
-            missing[node] = f"no reply within the stage timeout of {wait:.0f} s"
+            missing[node] = silent
         self.missing = missing
         return replies
 
@@ -69,9 +75,11 @@ class StageGrid:
 class RoundsWorkflow(DefaultWorkflow):
     """Flower's default round loop (fit, centralised and federated evaluation), from ``first_round``."""
 
-    def __init__(self, *args: Any, first_round: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, first_round: int = 1, stop: Callable[[int], bool] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.first_round = first_round
+        self.stop = stop  # early stopping: asked after each round's federated evaluation
 
     def __call__(self, grid: Grid, context: Context) -> None:
         """Run rounds ``first_round`` … ``first_round + num_rounds - 1``."""
@@ -90,6 +98,9 @@ class RoundsWorkflow(DefaultWorkflow):
                 self.fit_workflow(grid, context)
                 default_centralized_evaluation_workflow(grid, context)
                 self.evaluate_workflow(grid, context)
+                if self.stop is not None and self.stop(current_round):
+                    log(INFO, "[EARLY STOP] after round %s", current_round)
+                    break
         finally:
             f_stop.set()
             thread.join()

@@ -170,15 +170,20 @@ def issue_leaf(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, co
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+def _read_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
+    """One PEM certificate; a missing or unreadable file is a ``CertificateError`` naming it."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise CertificateError(f"{path}: {what} not found") from exc
+    except ValueError as exc:
+        raise CertificateError(f"{path}: not a PEM certificate ({exc})") from exc
+
+
 def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """Read ``ca.pem`` and ``ca.key`` from ``directory``; errors name the file."""
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except FileNotFoundError as exc:
-        raise CertificateError(f"{cert_path}: CA certificate not found") from exc
-    except ValueError as exc:
-        raise CertificateError(f"{cert_path}: not a PEM certificate ({exc})") from exc
+    cert = _read_certificate(cert_path, "CA certificate")
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except FileNotFoundError as exc:
@@ -236,12 +241,7 @@ def issue(directory: Path, hosts: list[str], *, clients: list[str] | None = None
 
 def describe(path: Path) -> CertInfo:
     """Subject, SANs, expiry and fingerprint of one PEM certificate file."""
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise CertificateError(f"{path}: certificate not found") from exc
-    except ValueError as exc:
-        raise CertificateError(f"{path}: not a PEM certificate ({exc})") from exc
+    cert = _read_certificate(path)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple([f"IP:{v}" for v in san.get_values_for_type(x509.IPAddress)]

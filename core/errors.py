@@ -21,6 +21,10 @@ class TaskSchemaMismatch(FedcrmError):
     """Two parties disagree on the task schema (hash differs)."""
 
 
+class DpBoundsMissing(ConfigError):
+    """A differentially private release needs public clipping bounds that the task schema does not declare."""
+
+
 class ProtocolError(FedcrmError):
     """A message does not match the wire contract (names the message and field)."""
 
@@ -96,6 +100,10 @@ class ConsentImportError(ConsentError):
 
 class DuplicateReceipt(ConsentImportError):
     """A consent receipt id is already in the ledger (a re-import); nothing was written."""
+
+
+class PrivacyBudgetExceeded(ConsentError):
+    """A planned or recorded ε spend does not fit the purpose's remaining budget (names partner, purpose, ε)."""
 
 
 class LedgerIntegrityError(ConsentError):
@@ -183,3 +191,15 @@ class PartnerRegistryError(CoordinatorError):
 
 class PreflightFailed(CoordinatorError):
     """One or more partners' preflight found problems; the message lists every partner's."""
+
+
+class RegistryError(CoordinatorError):
+    """The operator's SQL registry cannot do what was asked (bad URL, unknown run or model)."""
+
+
+class RegistryNotFound(RegistryError):
+    """No such run, round or model in the registry."""
+
+
+class PromotionRefused(RegistryError):
+    """A model cannot move to the requested stage (wrong order, unfinished run, hash mismatch)."""

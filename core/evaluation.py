@@ -43,6 +43,10 @@ class TrainingRecipe:
 def load_rows(config_path: Path) -> pd.DataFrame:
     """Typed rows of one export, parsed by its partner config (rejected rows dropped)."""
     config = load_partner_config(config_path)
+    if config.source.level == "transaction":  # one row per purchase: aggregated per customer first
+        from fedcrm.client.transaction_ingest import customer_rows  # noqa: PLC0415
+
+        return customer_rows(config)
     key = secrets.token_bytes(32)
     report = IngestReport(source=config.resolve(config.source.path))
     seen: dict[str, int] = {}
@@ -83,7 +87,7 @@ def evaluate_scores(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, float]
 
 def federated_model(run_dir: Path, task: TaskSchema, label: str = "final"):  # noqa: ANN201
     """A model of a run (``final`` or ``round-<k>``, hash-checked) and the federated scaling it was trained with."""
-    from fedcrm.coordinator.registry import load_run_model
+    from fedcrm.run_artifacts import load_run_model  # the root package never imports a role
 
     _, arrays, meta = load_run_model(run_dir, label)
     model = build_model(meta["architecture"], int(meta["n_features"]))

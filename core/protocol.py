@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -69,6 +70,19 @@ class FeatureSpec(BaseModel):
     type: Literal["numeric", "categorical", "boolean"]
     vocabulary: tuple[str, ...] = ()
     description: str = ""
+    bounds: tuple[float, float] | None = Field(
+        None, description="Numeric only: public [low, high] that values are clipped to in a differentially "
+                          "private release (statistics, profiles); domain knowledge, never taken from the data")
+
+    @model_validator(mode="after")
+    def _bounds_only_for_numerics(self) -> FeatureSpec:
+        if self.bounds is not None:
+            if self.type != "numeric":
+                raise ValueError(f"feature '{self.name}' is {self.type}: only numeric features take bounds")
+            low, high = self.bounds
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"feature '{self.name}': bounds must be two finite numbers, low < high")
+        return self
 
     @model_validator(mode="after")
     def _vocabulary_only_for_categoricals(self) -> FeatureSpec:
@@ -120,7 +134,8 @@ class TaskSchema(BaseModel):
 
     def canonical_json(self) -> bytes:
         """Canonical serialisation: sorted keys, no whitespace, UTF-8."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        # exclude_none: an optional field left unset (bounds) does not change the hash of an existing schema.
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def sha256(self) -> str:
         """Hex SHA-256 of the canonical serialisation; checked every round."""
@@ -153,7 +168,10 @@ def load_task_schema(path: Path | str) -> TaskSchema:
 
 #: Version of the message contract below. Bump it on any change to a message's fields or meaning;
 #: each side refuses a message of another version, naming both.
-PROTOCOL_VERSION = 1
+#: 1: hello, statistics, fit and evaluate orders and replies. 2: differential-privacy fields on the
+#: fit order and ``FitMetrics.dp``; secure-sum orders and receipts (statistics, k-means, segment
+#: profiles through SecAgg+); the overlap (PSI) messages; ``dp_noise`` on statistics and profile orders.
+PROTOCOL_VERSION = 2
 
 #: Flower's legacy config and metrics values (``flwr.common.Scalar``), all a message field becomes.
 WireValue = bool | int | float | str
@@ -305,6 +323,7 @@ class StatisticsOrder(TaskOrder):
 
     NAME: ClassVar[str] = "statistics order"
     stage: Literal["stats"] = "stats"
+    dp_noise: bool = Field(False, description="The run asks for Gaussian noise on the cells (the partner decides)")
 
 
 class FitOrder(TaskOrder):
@@ -323,6 +342,12 @@ class FitOrder(TaskOrder):
     project_params: bool = Field(True, description="Clamp parameters into the clipping range during training")
     max_weight: float | None = Field(None, gt=0.0, description="SecAgg+ max_weight (secure aggregation only)")
     clipping_range: float | None = Field(None, gt=0.0, description="SecAgg+ clipping range (secure aggregation only)")
+    # Differential privacy: what the coordinator asks; each partner decides (client/dp.py).
+    dp_mode: Literal["off", "record", "client"] = Field("off", description="record: DP-SGD at the partner")
+    dp_target_epsilon: float | None = Field(None, gt=0.0, description="ε the run may reach after its planned rounds")
+    dp_delta: float | None = Field(None, gt=0.0, lt=1.0, description="None: the partner chooses (below 1/n)")
+    dp_max_grad_norm: float | None = Field(None, gt=0.0, description="Per-sample gradient clipping norm")
+    dp_planned_rounds: int | None = Field(None, ge=1, description="Rounds the target ε is spread over")
 
 
 class EvaluateOrder(TaskOrder):
@@ -372,6 +397,28 @@ class StatisticsReply(_TaskReply):
 
     NAME: ClassVar[str] = "statistics reply"
     cells: Cells
+    dp_epsilon: float | None = Field(None, ge=0.0, description="ε the partner spent on this release when it "
+                                     "noised it (its own allotment, client/dp_sums.py); absent: not noised")
+
+
+class DpReport(BaseModel):
+    """A partner's privacy spend for a run so far (its accountant, after this round)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["record", "client"]
+    epsilon: float = Field(ge=0.0, description="The run's cumulative ε for this partner after this round")
+    delta: float = Field(gt=0.0, lt=1.0)
+    noise_multiplier: float = Field(ge=0.0)
+    sample_rate: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=0, description="DP-SGD steps in the run so far")
+    max_grad_norm: float = Field(gt=0.0)
+    epsilon_spent: float = Field(ge=0.0, description="What this round charged to the partner's budget")
+    target_epsilon: float | None = None
+
+
+WireDp = Annotated[DpReport, BeforeValidator(_parse_json), PlainSerializer(lambda d: _dump_json(d.model_dump()),
+                                                                           return_type=str)]
 
 
 class FitMetrics(_TaskReply):
@@ -379,6 +426,7 @@ class FitMetrics(_TaskReply):
 
     NAME: ClassVar[str] = "fit metrics"
     loss: float
+    dp: WireDp | None = None
 
 
 class EvaluateMetrics(_TaskReply):
@@ -393,3 +441,177 @@ class EvaluateMetrics(_TaskReply):
         """The ranking metrics the partner sent, by name."""
         values = {"roc_auc": self.roc_auc, "pr_auc": self.pr_auc, "top_decile_lift": self.top_decile_lift}
         return {name: value for name, value in values.items() if value is not None}
+
+
+# ==================================================================================================
+# Federated analytics: secure sums (statistics, segments, profiles) and customer overlap (ANALYTICS)
+# ==================================================================================================
+
+CellNames = Annotated[
+    tuple[str, ...], BeforeValidator(_parse_json), PlainSerializer(lambda v: _dump_json(list(v)), return_type=str)
+]
+Matrix = Annotated[
+    tuple[tuple[float, ...], ...], BeforeValidator(_parse_json),
+    PlainSerializer(lambda v: _dump_json([list(r) for r in v]), return_type=str),
+]
+
+
+class SecureSumOrder(TaskOrder):
+    """An order answered by a vector that only travels masked, through SecAgg+ (a Flower train message).
+
+    ``cells`` names the vector's entries in order; the codec fields fix its fixed-point
+    encoding (``fedcrm.secure_vector``). The partner refuses cells it does not expect for
+    the order, so a coordinator cannot ask for anything but the aggregate the order names.
+    """
+
+    cells: CellNames
+    fraction_bits: int = Field(ge=0, le=64)
+    limbs: int = Field(ge=1, le=16)
+    quantization_range: int = Field(ge=4)
+    modulus_range: int = Field(ge=8)
+
+    def codec(self):  # noqa: ANN201 — SecureVectorCodec (imported lazily: the codec imports numpy)
+        """The codec both sides encode and decode this order's vector with."""
+        from fedcrm.secure_vector import SecureVectorCodec
+
+        return SecureVectorCodec(quantization_range=self.quantization_range, modulus_range=self.modulus_range,
+                                 fraction_bits=self.fraction_bits, limbs=self.limbs)
+
+
+class SecureStatisticsOrder(SecureSumOrder):
+    """Round 0 through SecAgg+: counts, sums, sums of squares (cells: :func:`statistics_cells`)."""
+
+    NAME: ClassVar[str] = "secure statistics order"
+    stage: Literal["stats"] = "stats"
+    dp_noise: bool = Field(False, description="The run asks for Gaussian noise on the cells (the partner decides)")
+
+
+class SegmentSumsOrder(SecureSumOrder):
+    """One federated k-means step: per cluster counts, sums, SSE and simplified-silhouette sums.
+
+    ``centroids`` live in the standardised task encoding (``scaling``); with ``candidates``
+    the step assigns customers to candidate seeds (initialisation), else to cluster centres.
+    """
+
+    NAME: ClassVar[str] = "segment sums order"
+    stage: Literal["segments"] = "segments"
+    scaling: Scaling
+    centroids: Matrix
+
+
+class SegmentProfileOrder(SecureSumOrder):
+    """Per segment counts and raw-unit sums of the task features (cells: :func:`profile_cells`)."""
+
+    NAME: ClassVar[str] = "segment profile order"
+    stage: Literal["profile"] = "profile"
+    dp_noise: bool = Field(False, description="The run asks for Gaussian noise on the cells (the partner decides)")
+    scaling: Scaling
+    centroids: Matrix
+    histogram_edges: Annotated[
+        dict[str, tuple[float, ...]], BeforeValidator(_parse_json), PlainSerializer(_dump_json, return_type=str)
+    ] = Field(default_factory=dict, description="Numeric feature → bin edges of its consortium distribution")
+
+
+def statistics_cells(task: TaskSchema) -> tuple[str, ...]:
+    """The statistics round's cells, in order: rows, then count/sum/sumsq of every numeric feature."""
+    return (ROWS_KEY, *(stat_key(f, s) for f in task.numeric_features for s in ("count", "sum", "sumsq")))
+
+
+def segment_cells(k: int, width: int) -> tuple[str, ...]:
+    """Cells of a k-means step over ``k`` centres in a ``width``-column encoding."""
+    cells: list[str] = []
+    for j in range(k):
+        cells += [f"seg.{j}.count", f"seg.{j}.sse", f"seg.{j}.silhouette"]
+        cells += [f"seg.{j}.sum.{d}" for d in range(width)]
+    return tuple(cells)
+
+
+def profile_cells(task: TaskSchema, k: int, histogram_edges: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Cells of a segment profile: per segment count, per numeric feature count/sum/sumsq, per
+    categorical or boolean value a count; then consortium-wide histogram counts."""
+    cells: list[str] = []
+    for j in range(k):
+        cells.append(f"profile.{j}.count")
+        for f in task.features:
+            if f.type == "numeric":
+                cells += [f"profile.{j}.{f.name}.{s}" for s in ("count", "sum", "sumsq")]
+            elif f.type == "boolean":
+                cells += [f"profile.{j}.{f.name}=true", f"profile.{j}.{f.name}.count"]
+            else:
+                cells += [f"profile.{j}.{name}" for name in f.encoded_names()]
+    edges_of = dict(histogram_edges or {})
+    for name in sorted(edges_of):  # sorted: the order survives the JSON round trip (sorted keys)
+        cells += [f"hist.{name}.{b}" for b in range(len(edges_of[name]) + 1)]
+    return tuple(cells)
+
+
+class SecureSumReceipt(_TaskReply):
+    """What travels in the clear beside a masked vector: who answered, at which consent time, ledger head.
+
+    Nothing about the cells: not even how many the partner withheld for the minimum count.
+    """
+
+    NAME: ClassVar[str] = "secure sum receipt"
+    dp_epsilon: float | None = Field(None, ge=0.0, description="ε the partner spent on this release when it "
+                                     "noised it (its own allotment, client/dp_sums.py); absent: not noised")
+
+
+# -- customer overlap (private set intersection, cardinality only) ----------------------------
+
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/=]*$")]
+Identifiers = Annotated[
+    tuple[Literal["email", "phone"], ...], BeforeValidator(_parse_json),
+    PlainSerializer(lambda v: _dump_json(list(v)), return_type=str),
+]
+
+
+class OverlapOrder(WireMessage):
+    """One step of a cardinality-only PSI between two partners, relayed by the coordinator.
+
+    ``request``: the counting partner makes a PSI request from its identifiers (kept at home
+    with its key); ``respond``: the other partner answers it with its setup and response;
+    ``count``: the counting partner computes the overlap size and sends it if at least its
+    minimum count, else withholds it.
+    """
+
+    NAME: ClassVar[str] = "overlap order"
+    stage: Literal["overlap"] = "overlap"
+    step: Literal["request", "respond", "count"]
+    run_id: str = Field(min_length=1)
+    session: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The overlap's id (both partners' ledgers)")
+    purpose: str = Field(min_length=1, description="Asked purpose; each partner's policy must allow it")
+    counterpart: PartnerName
+    identifiers: Identifiers = ("email", "phone")
+    payload: Base64 = ""
+    setup: Base64 = ""
+
+
+class OverlapReply(_Reply):
+    """A PSI step's answer: opaque protocol bytes, or the count (``None`` when withheld)."""
+
+    NAME: ClassVar[str] = "overlap reply"
+    step: Literal["request", "respond", "count"]
+    payload: Base64 = ""
+    setup: Base64 = ""
+    count: int | None = Field(None, ge=0)
+    ledger_checkpoint: str = Field(min_length=1)
+
+
+def read_analytics_query(config: Mapping[str, Any]) -> OverlapOrder:
+    """Decode an analytics ``get_properties`` order (the overlap steps)."""
+    return OverlapOrder.from_config(config)
+
+
+#: Stages whose orders are answered only through SecAgg+ (as Flower train messages).
+SECURE_SUM_STAGES = ("stats", "segments", "profile")
+
+
+def read_secure_sum_order(config: Mapping[str, Any]) -> SecureSumOrder:
+    """Decode a secure-sum order (statistics, k-means step or segment profile) from a train config."""
+    SecureSumOrder.check_version(config)
+    stage = config.get(wire_key("stage"))
+    kinds: dict[str, type[SecureSumOrder]] = {"stats": SecureStatisticsOrder, "segments": SegmentSumsOrder,
+                                              "profile": SegmentProfileOrder}
+    if stage not in kinds:
+        raise ProtocolError(f"secure-sum order: unknown stage {stage!r} (expected one of {sorted(kinds)})")
+    return kinds[stage].from_config(config)

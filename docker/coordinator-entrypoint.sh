@@ -1,6 +1,7 @@
 #!/bin/sh
 # The coordinator service: the Flower SuperLink with TLS and SuperNode authentication,
-# and the operator's partner registry. Every partner public key mounted in
+# the operator's partner registry, and the model registry's schema in FEDCRM_REGISTRY_URL
+# (migrated before the service reports ready). Every partner public key mounted in
 # /etc/fedcrm/partner-keys/NAME.pub is registered once (`fedcrm coordinator partners add`,
 # i.e. Flower's `flwr supernode register`); a key not mounted there is refused.
 # Runs are started by the operator in this container:
@@ -14,12 +15,20 @@ ready="$state/ready"
 rm -f "$ready"
 mkdir -p "$state/superlink" "$state/runs"
 
-fedcrm coordinator superlink --state-dir "$state/superlink" --host "$host" --port "$port" --certs /run/secrets &
+# The SuperLink keeps its state in memory: on a restart it registers the keys of partners.json again.
+fedcrm coordinator superlink --state-dir "$state/superlink" --host "$host" --port "$port" --certs /run/secrets \
+  --partners "$state/partners.json" &
 superlink=$!
 # init: true delivers SIGTERM to this shell; pass it on so the SuperLink stops its own processes.
 trap 'kill -TERM "$superlink" 2>/dev/null; wait "$superlink"; exit 0' TERM INT
 
 python3 /usr/local/lib/fedcrm/healthcheck.py port 127.0.0.1 "$port" --wait 120
+if [ -n "${FEDCRM_REGISTRY_URL:-}" ]; then
+  # The registry database (Postgres in compose): reachable and its schema migrated before we say ready.
+  python3 -c 'from pathlib import Path; from fedcrm.coordinator.registry_db import open_registry, registry_url
+open_registry(registry_url(None, Path("/var/lib/fedcrm/runs"))).dispose()'
+  echo "registry ready: ${FEDCRM_REGISTRY_URL}"
+fi
 for key in /etc/fedcrm/partner-keys/*.pub; do
   [ -e "$key" ] || continue
   name="$(basename "$key" .pub)"

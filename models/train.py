@@ -1,4 +1,10 @@
-"""Local training and evaluation loops (used by partners, baselines and benchmarks alike)."""
+"""Local training and evaluation loops (used by partners, baselines and benchmarks alike).
+
+Both loops read their rows through :class:`fedcrm.models.batches.Rows` one block at a
+time, so a partner with millions of customers trains from rows spilled to disk
+(:class:`~fedcrm.models.batches.SpillRows`) in bounded memory; ``train_local`` and
+``evaluate`` keep their array signatures and wrap the arrays without copying.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedcrm.models.batches import BLOCK_ROWS, ArrayRows, Rows, epoch_order
 from fedcrm.models.metrics import binary_metrics
 from fedcrm.models.train_config import TrainConfig, TrainResult
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "predict_scores", "train_local"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "evaluate_rows", "predict_scores", "train_local", "train_rows"]
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -20,24 +27,32 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> TrainResult:
     """Fit ``model`` on (x, y) in place; returns the mean loss of the last epoch."""
+    return train_rows(model, ArrayRows(x, y), cfg)
+
+
+def train_rows(model: nn.Module, rows: Rows, cfg: TrainConfig, *, block_rows: int = BLOCK_ROWS) -> TrainResult:
+    """Fit ``model`` on ``rows`` in place, one block in memory at a time (see ``batches.epoch_order``)."""
     device = torch.device(cfg.device)
     model.to(device).train()
-    xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
-    yt = torch.from_numpy(np.array(y, dtype=np.float32, copy=True)).to(device)
     global_params = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     optimizer = _optimizer(model, cfg)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
-    n = len(xt)
-    batch = n if cfg.batch_size <= 0 else cfg.batch_size
+    n = rows.n_rows
     last = float("nan")
     for _ in range(cfg.epochs):
-        order = torch.arange(n) if cfg.batch_size <= 0 else torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
-        for start in range(0, n, batch):
-            idx = order[start : start + batch].to(device)
+        block: tuple[int, int] | None = None
+        xb = yb = None
+        for lo, hi, idx in epoch_order(n, cfg.batch_size, generator, block_rows):
+            if block != (lo, hi):
+                bx, by = rows.read(lo, hi)
+                xb, yb = torch.from_numpy(bx).to(device), torch.from_numpy(by).to(device)
+                block = (lo, hi)
+            assert xb is not None and yb is not None
+            sel = torch.from_numpy(idx).to(device)
             optimizer.zero_grad()
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss = loss_fn(model(xb[sel]), yb[sel])
             if global_params is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
                 loss = loss + 0.5 * cfg.proximal_mu * prox
@@ -58,17 +73,30 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
 def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Predicted probabilities of the positive class."""
     model.eval()
-    logits = model(torch.from_numpy(np.array(x, dtype=np.float32, copy=True)))
+    logits = model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
     return torch.sigmoid(logits).numpy().astype(np.float64)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Log loss plus ROC AUC, PR AUC and top-decile lift on (x, y)."""
+    return evaluate_rows(model, ArrayRows(x, y))
+
+
+@torch.no_grad()
+def evaluate_rows(model: nn.Module, rows: Rows, *, block_rows: int = BLOCK_ROWS) -> dict[str, float]:
+    """:func:`evaluate` over ``rows``, one block in memory at a time (scores and labels are kept: 12 B a row)."""
     model.eval()
-    xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
-    yt = torch.from_numpy(np.array(y, dtype=np.float32, copy=True))
-    logits = model(xt)
-    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, yt))
-    scores = torch.sigmoid(logits).numpy().astype(np.float64)
-    return {"loss": loss, **binary_metrics(np.asarray(y), scores)}
+    n = rows.n_rows
+    scores = np.empty(n, dtype=np.float64)
+    labels = np.empty(n, dtype=np.float32)
+    loss_sum = 0.0
+    for lo in range(0, n, block_rows):
+        bx, by = rows.read(lo, min(n, lo + block_rows))
+        logits = model(torch.from_numpy(bx))
+        yt = torch.from_numpy(by)
+        loss_sum += float(nn.functional.binary_cross_entropy_with_logits(logits.double(), yt.double(), reduction="sum"))
+        scores[lo : lo + len(by)] = torch.sigmoid(logits).numpy()
+        labels[lo : lo + len(by)] = by
+    loss = loss_sum / n if n else float("nan")
+    return {"loss": loss, **binary_metrics(labels, scores)}

@@ -1,10 +1,11 @@
 """Run a real fedcrm HTTP API (``fedcrm … serve``) on loopback for a test, and schemathesis against it.
 
-Shared by the API test modules (the consent API today, the operator API next): one place that
+Shared by the API test modules (the consent API and the operator API): one place that
 starts the server process on a free 127.0.0.1 port, waits until it answers, reads what it
-listens on from the kernel's socket table, and stops it by PID; and one runner that drives the
-schemathesis CLI (`st run`) with a token per operation and reads the statuses back from its
-NDJSON report.
+listens on from the kernel's socket table, and stops it by PID (:func:`serve_with_tokens`
+does that for a server given a token per role); one runner that drives the schemathesis CLI
+(`st run`) with a token per operation and reads the statuses back from its NDJSON report; and
+:func:`fuzz_every_operation`, the schemathesis test both APIs must pass.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["FUZZ_CHECKS", "FuzzResult", "ServedAPI", "free_port", "listening_sockets", "run_schemathesis", "serve_api"]
+from tests.socket_table import listening_sockets
+
+__all__ = ["FUZZ_CHECKS", "FuzzResult", "ServedAPI", "TokenServer", "free_port", "fuzz_every_operation",
+           "listening_sockets", "run_schemathesis", "serve_api", "serve_with_tokens"]
 
 FEDCRM = str(Path(sys.executable).with_name("fedcrm"))
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
@@ -60,6 +64,10 @@ class ServedAPI:
     def log(self) -> str:
         """Everything the server printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -105,40 +113,6 @@ def serve_api(
         yield served
     finally:
         _stop(process)
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _address(hex_address: str) -> tuple[str, int]:
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
-    else:  # /proc/net/tcp6 stores four little-endian 32-bit words
-        ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
-    return ip, int(port, 16)
-
-
-def listening_sockets(pid: int) -> list[tuple[str, int]]:
-    """The (address, port) pairs process ``pid`` listens on, read from /proc/net/tcp and tcp6."""
-    inodes = _socket_inodes(pid)
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # 0A: TCP_LISTEN
-                found.append(_address(cols[1]))
-    return sorted(found)
 
 
 @dataclass
@@ -228,4 +202,51 @@ def run_schemathesis(
     (work_dir / "output.txt").write_text(result.output, encoding="utf-8")
     if ndjson.exists():
         _read_ndjson(ndjson, result)
+    return result
+
+
+@dataclass
+class TokenServer:
+    """A served API and the secret token of each role it was given."""
+
+    api: ServedAPI
+    tokens: dict[str, str]
+
+    def auth(self, role: str) -> dict[str, str]:
+        """The Authorization header of ``role``'s token."""
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@contextmanager
+def serve_with_tokens(args: Sequence[str], tokens: Mapping[str, str], *, log_path: Path) -> Iterator[TokenServer]:
+    """``fedcrm <args> --port <a free port>`` (no ``--host``: the default must be loopback), stopped by PID."""
+    port = free_port()
+    with serve_api([*args, "--port", str(port)], port=port, log_path=log_path) as api:
+        yield TokenServer(api, dict(tokens))
+
+
+def fuzz_every_operation(
+    server: TokenServer,
+    role_of: Mapping[tuple[str, str], str],
+    work_dir: Path,
+    *,
+    max_examples: int,
+    timeout: float = 1200.0,
+) -> FuzzResult:
+    """Schemathesis over every operation of the served OpenAPI document, each with its role's token.
+
+    Fails unless ``role_of`` names exactly the operations served, some requests were made, none
+    was answered 5xx and no check failed.
+    """
+    spec = httpx.get(server.api.base_url + "/openapi.json", timeout=30).json()
+    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    assert operations == set(role_of), f"give these operations a role to be fuzzed with: {operations ^ set(role_of)}"
+    headers = {op: server.auth(role) for op, role in role_of.items()}
+    result = run_schemathesis(server.api.base_url, work_dir=work_dir, headers=headers, max_examples=max_examples,
+                              timeout=timeout)
+    assert result.requests > 0, result.output[-3000:]
+    assert result.server_errors == 0, (result.statuses, result.output[-6000:])
+    assert result.failures == [], result.output[-6000:]
+    assert result.returncode == 0, result.output[-6000:]
+    print(f"schemathesis: {result.requests} requests, statuses {dict(sorted(result.statuses.items()))}")
     return result

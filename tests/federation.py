@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -52,3 +53,47 @@ def run(tmp: Path, partners: list[Path], **overrides: object) -> RunResult:
     settings: dict[str, object] = {"task": TELCO_TASK, "rounds": 2, "seed": 0}
     settings.update(overrides)
     return run_federation(RunConfig.model_validate(settings), partners, runs_dir=tmp / "runs", timeout_s=900)
+
+
+def fresh_partner(partner_dir: Path, tmp_path: Path) -> Path:
+    """A fresh copy of an initialised partner directory (its own ledger and egress journal); its config path.
+
+    Also forgets the round views this test process cached, as a new partner process would.
+    """
+    from fedcrm.client.partner_session import clear_round_views
+
+    shutil.copytree(partner_dir, tmp_path / partner_dir.name)
+    clear_round_views()
+    return tmp_path / partner_dir.name / "partner.toml"
+
+
+def spend_earlier(config_path: Path, epsilon: float, purpose: str = "churn_prediction") -> int:
+    """Record an earlier run's DP-SGD spend of ``epsilon`` in the partner's ledger; the ledger's size after it."""
+    from datetime import UTC, datetime
+
+    from fedcrm.client.config import load_partner_config
+    from fedcrm.consent import budget
+    from fedcrm.consent.ledger import Ledger
+
+    config = load_partner_config(config_path)
+    with Ledger.open(config.ledger_url, signing_key_path=config.ledger_key_path) as led:
+        budget.record_spend(led, purpose=purpose, run_id="earlier", server_round=1, epsilon=epsilon,
+                            delta=1e-5, mechanism="dp-sgd", accountant_state={}, at=datetime.now(UTC))
+        return led.tree_size()
+
+
+def forbid_customer_data(monkeypatch: object) -> None:
+    """Make the partner session fail the test if it gates or loads its customer table."""
+
+    def no_data(*_a: object, **_k: object) -> None:
+        raise AssertionError("customer data was read")
+
+    monkeypatch.setattr("fedcrm.client.partner_session.gate", no_data)  # type: ignore[attr-defined]
+    for loader in ("open_customers_mapped", "load_customers_lean"):  # whichever the session reads the table with
+        monkeypatch.setattr(f"fedcrm.client.partner_session.{loader}", no_data, raising=False)  # type: ignore[attr-defined]
+
+
+def sigint_as_default() -> None:
+    """``preexec_fn`` for a process a test sends SIGINT (Ctrl-C): a suite started as a background job by a
+    non-interactive shell inherits SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,7 +11,6 @@ PID is gone. Missing binaries FAIL the fixture (never skip): install with
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
@@ -25,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: run `apt-get install postgresql`"
+from fedcrm.coordinator import local_postgres
+from fedcrm.errors import CoordinatorError
+
 
 
 class PostgresUnavailable(RuntimeError):
@@ -56,11 +57,11 @@ class PostgresServer:
 
 
 def find_bindir() -> Path:
-    """The newest /usr/lib/postgresql/<version>/bin holding initdb and pg_ctl."""
-    found = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin") if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists()]
-    if not found:
-        raise PostgresUnavailable(INSTALL_HINT)
-    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    """The newest /usr/lib/postgresql/<version>/bin holding initdb and pg_ctl (as ``fedcrm up`` finds it)."""
+    try:
+        return local_postgres.find_bindir()
+    except CoordinatorError as exc:
+        raise PostgresUnavailable(str(exc)) from None
 
 
 def _free_port() -> int:
@@ -94,16 +95,6 @@ def start_postgres(*, durable: bool = True) -> PostgresServer:
     return PostgresServer(bindir=bindir, root=root, port=port, pid=pid, as_user=as_user)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_postgres(server: PostgresServer) -> None:
     """Stop the server (fast shutdown), make sure its postmaster PID is gone, delete its files."""
     try:
@@ -111,15 +102,15 @@ def stop_postgres(server: PostgresServer) -> None:
     except PostgresUnavailable:
         pass  # checked below by PID
     deadline = time.monotonic() + 15
-    while _alive(server.pid) and time.monotonic() < deadline:
+    while local_postgres.process_alive(server.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(server.pid):
+    if local_postgres.process_alive(server.pid):
         os.kill(server.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _alive(server.pid) and time.monotonic() < deadline:
+        while local_postgres.process_alive(server.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
     shutil.rmtree(server.root, ignore_errors=True)
-    if _alive(server.pid):
+    if local_postgres.process_alive(server.pid):
         raise PostgresUnavailable(f"postmaster {server.pid} is still running after stop")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -45,3 +46,43 @@ def test_a_federation_without_a_test_set_or_splits_is_refused(tmp_path: Path) ->
     shutil.copytree(TELCO / "common_test", root / "common_test")
     with pytest.raises(SystemExit, match="no split directory"):
         accuracy.federation_spec(root, task, run)
+
+
+def test_explicit_partner_configs_need_two_distinct_partners_and_a_test_set(tmp_path: Path) -> None:
+    task = DATASETS / "tasks" / "cdnow_propensity.yaml"
+    cdnow = DATASETS / "partners" / "cdnow"
+    spec = accuracy.partner_set_spec(task, [cdnow / "M01" / "partner.toml", cdnow / "M02" / "partner.toml"],
+                                     cdnow / "common_test" / "partner.toml")
+    assert spec.splits == ("federation",) and spec.partners("federation") == ["M01", "M02"]
+    assert spec.run_config is None and spec.config_of("federation", "M02") == (cdnow / "M02" / "partner.toml")
+    assert spec.run_settings({"rounds": 1}).task == task.resolve()  # the task given, not a run config's
+    with pytest.raises(SystemExit, match="at least two"):
+        accuracy.partner_set_spec(task, [cdnow / "M01" / "partner.toml"], cdnow / "common_test" / "partner.toml")
+    with pytest.raises(SystemExit, match="distinct names"):
+        accuracy.partner_set_spec(task, [cdnow / "M01" / "partner.toml"] * 2, cdnow / "common_test" / "partner.toml")
+    with pytest.raises(SystemExit, match="not found"):
+        accuracy.partner_set_spec(task, [cdnow / "M01" / "partner.toml", tmp_path / "nope.toml"],
+                                  cdnow / "common_test" / "partner.toml")
+
+
+@pytest.mark.slow
+def test_any_task_and_partner_set_compares_pooled_local_and_federated(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The purchase-propensity task on two bundled shops (transaction exports, imported consents), 1 round."""
+    monkeypatch.setattr(accuracy, "DATASETS", dict(accuracy.DATASETS))
+    cdnow = DATASETS / "partners" / "cdnow"
+    out = tmp_path / "out"
+    accuracy.main(["--task", str(DATASETS / "tasks" / "cdnow_propensity.yaml"),
+                   "--partners", str(cdnow / "M01" / "partner.toml"), str(cdnow / "M02" / "partner.toml"),
+                   "--test-config", str(cdnow / "common_test" / "partner.toml"), "--name", "shops",
+                   "--rounds", "1", "--seeds", "0", "--aggregations", "plain", "--resamples", "200",
+                   "--workdir", str(tmp_path / "work"), "--results", str(out / "rows.json"),
+                   "--report", str(out / "report.md"), "--img-dir", str(out / "img"),
+                   "--scores-dir", str(out / "scores")])
+    rows = {r["method"]: r for r in json.loads((out / "rows.json").read_text())}
+    assert set(rows) >= {"pooled_lr", "pooled_mlp", "local_M01", "local_M02", "federated_plain"}
+    for method in ("pooled_lr", "pooled_mlp", "local_M01", "local_M02", "federated_plain"):
+        assert 0.5 < rows[method]["roc_auc"] <= 1.0, (method, rows[method])
+        assert rows[method]["dataset"] == "shops" and rows[method]["split"] == "federation"
+    assert rows["federated_plain"]["rounds"] == 1 and rows["federated_plain"]["partners"] == 2
+    assert "shops" in (out / "report.md").read_text()

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 from fedcrm.cli import app
 from fedcrm.coordinator.superlink import free_port
 from tests.federation import TELCO_TASK, copy_partners, run
+from tests.socket_table import decode_address, listening_table, socket_inodes
 
-LISTEN = "0A"
 
 
 @dataclass(frozen=True)
@@ -50,47 +50,6 @@ class Listener:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return address.is_loopback
-
-
-def _decode(hex_address: str) -> tuple[str, int]:
-    """``0100007F:1F90`` / 32-hex-digit IPv6 form of /proc/net/tcp{,6} to (address, port)."""
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
-    # IPv6: four 32-bit words, each in host (little-endian) byte order.
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
-
-
-def listening_sockets() -> dict[int, tuple[str, int]]:
-    """Socket inode → (address, port) of every TCP socket in state LISTEN."""
-    found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == LISTEN:
-                found[int(fields[9])] = _decode(fields[1])
-    return found
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    except OSError:
-        pass
-    return inodes
 
 
 def _parents() -> dict[int, int]:
@@ -143,9 +102,9 @@ class SocketWatch:
 
     def sample(self) -> None:
         """Record every listening socket the run's processes hold right now."""
-        listening = listening_sockets()
+        listening = listening_table()
         for pid, command in run_processes(self.root, self.roots).items():
-            for inode in _socket_inodes(pid) & listening.keys():
+            for inode in socket_inodes(pid) & listening.keys():
                 address, port = listening[inode]
                 self.seen.add(Listener(pid, command[:160], address, port))
 
@@ -199,8 +158,8 @@ def test_the_watch_flags_a_socket_bound_to_every_interface(tmp_path: Path) -> No
     finally:
         process.kill()
         process.wait()
-    assert _decode("0100007F:1F90") == ("127.0.0.1", 8080)
-    assert _decode("00000000000000000000000001000000:0050") == ("::1", 80)
+    assert decode_address("0100007F:1F90") == ("127.0.0.1", 8080)
+    assert decode_address("00000000000000000000000001000000:0050") == ("::1", 80)
 
 
 @pytest.mark.slow
@@ -215,36 +174,18 @@ def test_a_simulation_run_listens_on_loopback_only(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_deployment_run_listens_on_loopback_only(tmp_path: Path) -> None:
     from fedcrm.coordinator.deployment import run_deployment
-    from fedcrm.coordinator.processes import stop_processes
     from fedcrm.coordinator.run_config import RunConfig
-    from fedcrm.coordinator.superlink import start_superlink, stop_superlink
+    from tests.deploy.stack import deployment_stack
 
     configs = copy_partners(tmp_path / "partners")
-    joins: list[subprocess.Popen[bytes]] = []
-    with SocketWatch(tmp_path) as watch:
-        link = start_superlink(tmp_path / "superlink")  # defaults: nothing configured
-        try:
-            for config in configs:
-                joins.append(subprocess.Popen(
-                    [sys.executable, "-m", "fedcrm.cli", "client", "join", "--config", str(config),
-                     "--superlink", link.address, "--port", str(free_port()), "--insecure"],
-                    stdout=(config.parent / "join.log").open("wb"), stderr=subprocess.STDOUT))
-            watch.roots.update(j.pid for j in joins)
-            cfg = RunConfig.model_validate({"task": TELCO_TASK, "rounds": 1, "seed": 0, "run_id": "loopback"})
-            result = run_deployment(cfg, len(configs), link.address, tmp_path / "runs", timeout_s=600)
-            watch.sample()
-        finally:
-            for join in joins:
-                if join.poll() is None:
-                    join.send_signal(signal.SIGINT)
-            for join in joins:
-                try:
-                    join.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    stop_processes({join.pid})
-            stop_superlink(link)
+    # SuperLink defaults: nothing configured; the joins are stopped with Ctrl-C, the SuperLink by PID.
+    with SocketWatch(tmp_path) as watch, deployment_stack(tmp_path, configs) as stack:
+        watch.roots.update(stack.pids)
+        cfg = RunConfig.model_validate({"task": TELCO_TASK, "rounds": 1, "seed": 0, "run_id": "loopback"})
+        result = run_deployment(cfg, len(configs), stack.link.address, tmp_path / "runs", timeout_s=600)
+        watch.sample()
     assert result.succeeded, result.error
-    watch.assert_loopback_only(("flower-superlink", "supernode_main"))
+    watch.assert_loopback_only(("superlink_main", "supernode_main"))
 
 
 @pytest.mark.slow

@@ -101,7 +101,11 @@ from fedcrm.protocol import (  # noqa: E402
 )
 
 MESSAGES: tuple[type[WireMessage], ...] = (HelloOrder, StatisticsOrder, FitOrder, EvaluateOrder, HelloReply,
-                                          StatisticsReply, FitMetrics, EvaluateMetrics)
+                                          StatisticsReply, FitMetrics, EvaluateMetrics,
+                                          # federated analytics (secure sums, overlap)
+                                          protocol.SecureStatisticsOrder, protocol.SegmentSumsOrder,
+                                          protocol.SegmentProfileOrder, protocol.SecureSumReceipt,
+                                          protocol.OverlapOrder, protocol.OverlapReply)
 _BASE = load_task_schema(TASK)
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789_.-", min_size=1, max_size=16)
@@ -142,6 +146,27 @@ messages = st.one_of(
     st.composite(lambda draw: EvaluateMetrics(**_reply_fields(draw), roc_auc=draw(st.none() | finite),
                                               pr_auc=draw(st.none() | finite),
                                               top_decile_lift=draw(st.none() | finite)))(),
+    # federated analytics
+    st.builds(lambda f, cells, bits, limbs: protocol.SecureStatisticsOrder(
+        **f, cells=cells, fraction_bits=bits, limbs=limbs, quantization_range=2**22, modulus_range=2**32),
+        task_fields(), st.lists(names, max_size=6).map(tuple), st.integers(0, 64), st.integers(1, 16)),
+    st.builds(lambda f, sc, centres: protocol.SegmentSumsOrder(
+        **f, cells=("seg.0.count",), fraction_bits=24, limbs=5, quantization_range=2**22, modulus_range=2**32,
+        scaling=sc, centroids=centres), task_fields(), scalings,
+        st.lists(st.lists(finite, min_size=2, max_size=2).map(tuple), min_size=1, max_size=3).map(tuple)),
+    st.builds(lambda f, sc, edges: protocol.SegmentProfileOrder(
+        **f, cells=(), fraction_bits=24, limbs=5, quantization_range=2**22, modulus_range=2**32, scaling=sc,
+        centroids=((0.0, 1.0),), histogram_edges=edges), task_fields(), scalings,
+        st.dictionaries(names, st.lists(finite, max_size=4).map(tuple), max_size=3)),
+    st.composite(lambda draw: protocol.SecureSumReceipt(**_reply_fields(draw)))(),
+    st.builds(lambda step, run, session, purpose, partner, payload: protocol.OverlapOrder(
+        step=step, run_id=run, session=session, purpose=purpose, counterpart=partner, payload=payload),
+        st.sampled_from(["request", "respond", "count"]), names, names, names, names,
+        st.binary(max_size=40).map(lambda b: __import__("base64").b64encode(b).decode())),
+    st.builds(lambda partner, step, count, head: protocol.OverlapReply(
+        partner=partner, step=step, count=count, ledger_checkpoint=head),
+        names, st.sampled_from(["request", "respond", "count"]), st.none() | st.integers(0, 10**9),
+        st.text(min_size=1)),
 )
 
 
@@ -203,11 +228,11 @@ def test_properties_orders_dispatch_on_their_stage() -> None:
 def test_a_message_of_another_version_is_refused_naming_both_versions() -> None:
     order = HelloOrder(run_id="r").to_config()
     with pytest.raises(ProtocolVersionMismatch, match="hello order: the coordinator speaks fedcrm protocol version 7, "
-                                                      "this partner speaks version 1"):
+                                                      "this partner speaks version 2"):
         HelloOrder.from_config({**order, wire_key("protocol_version"): 7})
     reply = FitMetrics(partner="A", consent_as_of=datetime.now(UTC), ledger_checkpoint="h", loss=0.1).to_config()
     with pytest.raises(ProtocolVersionMismatch, match="fit metrics: the partner speaks fedcrm protocol version 0, "
-                                                      "this coordinator speaks version 1"):
+                                                      "this coordinator speaks version 2"):
         FitMetrics.from_config({**reply, wire_key("protocol_version"): 0})
 
 

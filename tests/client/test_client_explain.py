@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedcrm.client.cli import app as client_app
-from fedcrm.client.explain import baseline_vector, feature_attributions
+from fedcrm.client.explain import baseline_vector, exact_attributions, feature_attributions
 from fedcrm.client.score import ScoringModel, score_partner
 from fedcrm.coordinator.registry import write_manifest
 from fedcrm.models.io import save_model_arrays
@@ -70,6 +70,32 @@ def test_mlp_attributions_add_up_to_the_logit_difference_from_the_baseline() -> 
     # A feature sitting at its baseline (here: every column of it zero-distance) gets exactly nothing.
     x[:, :1] = base[:1]
     assert np.all(feature_attributions("mlp", arrays, x, base, TASK, steps=8)[0][:, 0] == 0.0)
+
+
+@pytest.mark.parametrize("arch", ["logistic", "mlp"])
+def test_exact_attributions_add_up_to_the_models_own_logit_difference(arch: str) -> None:
+    _, arrays = _model(arch)
+    x = _inputs(2000) * 3.0  # large enough that paths cross hidden units' kinks
+    base = baseline_vector(TASK, SCALING)
+    attributions, gap = feature_attributions(arch, arrays, x, base, TASK)  # default: exact closed form
+    model = ScoringModel(arch, arrays)  # the plain scorer's numpy arithmetic, independent of explain.py
+    np.testing.assert_allclose(attributions.sum(axis=1), model.logits(x) - model.logits(base[None, :])[0],
+                               atol=1e-4)
+    assert attributions.shape == (len(x), len(TASK.features)) and gap < 1e-4
+
+
+def test_exact_mlp_attributions_equal_captums_numerical_integration() -> None:
+    _, arrays = _model("mlp", seed=5)
+    x = _inputs(300) * 3.0
+    base = baseline_vector(TASK, SCALING)
+    h_x = x @ arrays["net.0.weight"].T + arrays["net.0.bias"]
+    h_b = base @ arrays["net.0.weight"].T + arrays["net.0.bias"]
+    assert np.mean(np.sign(h_x) != np.sign(h_b)) > 0.1  # many paths cross a ReLU kink: the hard case
+    exact, _ = feature_attributions("mlp", arrays, x, base, TASK)
+    numerical, gap = feature_attributions("mlp", arrays, x, base, TASK, steps=512)  # Captum, Gauss-Legendre
+    np.testing.assert_allclose(exact, numerical, atol=5e-3)
+    columns, _ = exact_attributions("mlp", arrays, x, base)
+    assert columns.dtype == np.float32 and columns.shape == x.shape
 
 
 @pytest.fixture()

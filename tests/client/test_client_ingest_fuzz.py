@@ -15,6 +15,7 @@ import csv
 import math
 import re
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from fedcrm.client.pseudonymise import create_key
 from fedcrm.errors import FedcrmError
 
 COLUMNS = ["id", "spend", "visits", "plan", "since", "note", "left"]
+RAW_ID = r"ID-\d{5}-X"  # the shape of every raw id build() writes
 MISSING = {"", "NA", "N/A", "null", "NULL", "NaN"}
 CONFIG = """
 name = "F"
@@ -130,18 +132,19 @@ def build(rows: list[tuple[str, ...]], mutations: list[tuple[object, ...]]) -> b
     return data
 
 
+def parsed_lines(data: bytes) -> Iterator[list[list[str]]]:
+    """The csv records of each data line parsed on its own (lines that do not decode or parse are skipped)."""
+    for raw in data.split(b"\n")[1:]:
+        try:
+            yield list(csv.reader([raw.decode("utf-8").rstrip("\r")], skipinitialspace=True))
+        except (UnicodeDecodeError, csv.Error):
+            continue
+
+
 def line_records(data: bytes) -> dict[str, list[str]]:
     """The oracle: id → fields of the FIRST physical line that is, on its own, a complete 7-field record."""
     found: dict[str, list[str]] = {}
-    for raw in data.split(b"\n")[1:]:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        try:
-            parsed = list(csv.reader([text.rstrip("\r")], skipinitialspace=True))
-        except csv.Error:
-            continue
+    for parsed in parsed_lines(data):
         if len(parsed) == 1 and len(parsed[0]) == len(COLUMNS):
             found.setdefault(parsed[0][0].strip(), parsed[0])
     return found
@@ -188,10 +191,18 @@ def check_outcome(work: Path, export: Path, data: bytes, run: object) -> None:
         assert (since in MISSING and pd.isna(out["since"])) or out["since"] == pd.Timestamp(
             datetime.strptime(since, "%Y-%m-%d"))
         assert out["label"] == {"yes": 1, "no": 0}[fields[6].strip()]
-    # No raw id of the export anywhere in the pseudonymised table (substring scan of every cell).
+    # No raw id of the export anywhere in the pseudonymised table (substring scan of every cell). A value the
+    # export itself holds in a feature column (the "field" mutation can put "ID-00001-X" in `plan`) is the
+    # partner's declared feature data, kept as written; only what sits in the id column must not come through.
     cells = "\n".join(customers.astype("string").fillna("").to_numpy().ravel().tolist())
-    ids = set(re.findall(rb"ID-\d{5}-X", data))
+    ids = set(re.findall(RAW_ID.encode(), data)) - feature_values(data)
     assert not [i for i in ids if i.decode() in cells]
+
+
+def feature_values(data: bytes) -> set[bytes]:
+    """Every id-shaped text that some physical line, parsed on its own, holds outside its id field."""
+    return {m.encode() for parsed in parsed_lines(data) for fields in parsed for value in fields[1:]
+            for m in re.findall(RAW_ID, value)}
 
 
 def run_example(key: Path, rows: list[tuple[str, ...]], mutations: list[tuple[object, ...]], fraction: float) -> None:

@@ -149,7 +149,7 @@ def test_a_renamed_export_trains_the_same_federated_model_by_config_alone(partne
         results[label] = result
     stats = {k: next(e for e in read_events(r.run_dir) if e["event"] == "statistics") for k, r in results.items()}
     # Identical encoding: the same rows per partner and the same federated means and deviations.
-    assert stats["renamed"]["partner_rows"] == stats["original"]["partner_rows"]
+    assert stats["renamed"]["total_rows"] == stats["original"]["total_rows"]
     assert stats["renamed"]["scaling"].keys() == stats["original"]["scaling"].keys()
     for feature, mean_std in stats["original"]["scaling"].items():
         assert stats["renamed"]["scaling"][feature] == pytest.approx(mean_std, rel=1e-12)

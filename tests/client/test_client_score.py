@@ -203,3 +203,21 @@ def test_the_score_command_writes_the_file_and_names_the_job(federation, tmp_pat
                                              "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "score-" in result.output
+
+
+@pytest.mark.slow
+def test_the_benefit_report_on_a_real_run_compares_on_the_partners_own_holdout(federation, tmp_path: Path) -> None:  # noqa: ANN001
+    from fedcrm.client.benefit import benefit_report
+    from fedcrm.client.ingest import SUBJECT, load_customers
+    from fedcrm.client.partner_session import is_validation_subject
+
+    configs, run_dir = federation
+    report = benefit_report(configs["B"], run_dir, resamples=300, out_dir=tmp_path / "benefit")
+    cfg = load_partner_config(configs["B"])
+    fraction = cfg.privacy.validation_fraction
+    holdout = sum(is_validation_subject(s, fraction) for s in load_customers(cfg)[SUBJECT])
+    assert report.holdout_customers == holdout  # the federated evaluation's own hold-out (nobody withdrew)
+    assert report.training["rounds"] == 1 and report.training["architecture"] == "mlp"
+    assert report.training["param_bound"] == 8.0  # SecAgg+ runs project parameters; the twin does too
+    assert report.verdict in ("helped", "hurt", "unclear") and "interval" in report.answer
+    assert (tmp_path / "benefit" / f"{run_dir.name}.png").exists()

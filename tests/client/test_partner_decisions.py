@@ -168,10 +168,10 @@ def test_refusals_leave_a_log_that_verifies(partner: Path) -> None:
 
 def test_an_order_of_another_protocol_version_is_refused_naming_both(partner: Path) -> None:
     client = _client(partner)
-    newer = {**_stats("v2"), wire_key("protocol_version"): 2}
-    with pytest.raises(ProtocolVersionMismatch, match="the coordinator speaks fedcrm protocol version 2, this "
-                                                      "partner speaks version 1"):
+    newer = {**_stats("v2"), wire_key("protocol_version"): 3}
+    with pytest.raises(ProtocolVersionMismatch, match="the coordinator speaks fedcrm protocol version 3, this "
+                                                      "partner speaks version 2"):
         client.get_properties(newer)
     unversioned = {k: v for k, v in HelloOrder(run_id="old").to_config().items() if k != wire_key("protocol_version")}
-    with pytest.raises(ProtocolVersionMismatch, match="speaks no protocol version.*this partner speaks version 1"):
+    with pytest.raises(ProtocolVersionMismatch, match="speaks no protocol version.*this partner speaks version 2"):
         client.get_properties(unversioned)

@@ -1,7 +1,8 @@
 """The real `fedcrm consent serve` on loopback, attacked over HTTP: schemathesis, oversized streams, its logs.
 
 One server per module (a real ledger holding a few events, a token per role, the default host);
-every test talks to it through sockets, and it is stopped by PID at the end.
+every test talks to it through sockets, and it is stopped by PID at the end (:mod:`tests.api_server`,
+shared with the operator API's tests).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from fedcrm.consent.checkpoint import generate_signing_key
 from fedcrm.consent.ledger import Ledger
 from fedcrm.consent.records import make_consent
 from fedcrm.consent.tokens import create_token
-from tests.api_server import ServedAPI, free_port, listening_sockets, run_schemathesis, serve_api
+from tests.api_server import TokenServer, fuzz_every_operation, listening_sockets, serve_with_tokens
 
 ALICE = "c0ffee00:" + "ab" * 32
 BOB = "c0ffee00:" + "cd" * 32
@@ -40,18 +40,8 @@ ROLE_OF = {
 }
 
 
-@dataclass
-class ConsentServer:
-    api: ServedAPI
-    tokens: dict[str, str]
-    ledger_path: Path
-
-    def auth(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"}
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
     root = tmp_path_factory.mktemp("consent-serve")
     key = root / "ledger.key"
     generate_signing_key(key)
@@ -68,50 +58,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentServer]:
             ])
     tokens_path = root / "secrets" / "tokens.json"
     tokens = {role: create_token(tokens_path, role, f"{role}-1") for role in ("auditor", "partner-writer", "coordinator")}
-    port = free_port()
     # No --host: the default must be loopback.
-    args = ["consent", "serve", "--ledger", str(db), "--signing-key", str(key), "--tokens", str(tokens_path),
-            "--port", str(port)]
-    with serve_api(args, port=port, log_path=root / "server.log") as api:
-        yield ConsentServer(api, tokens, db)
+    args = ["consent", "serve", "--ledger", str(db), "--signing-key", str(key), "--tokens", str(tokens_path)]
+    with serve_with_tokens(args, tokens, log_path=root / "server.log") as served:
+        yield served
 
 
-def test_serve_listens_on_loopback_only_by_default(server: ConsentServer) -> None:
-    port = int(server.api.base_url.rsplit(":", 1)[1])
+def test_serve_listens_on_loopback_only_by_default(server: TokenServer) -> None:
+    port = server.api.port
     assert listening_sockets(server.api.process.pid) == [("127.0.0.1", port)]
 
 
-def _fuzz(server: ConsentServer, tmp_path: Path, max_examples: int, timeout: float = 1200) -> None:
-    spec = httpx.get(server.api.base_url + "/openapi.json", timeout=30).json()
-    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
-    assert operations <= set(ROLE_OF), f"give these operations a role to be fuzzed with: {operations - set(ROLE_OF)}"
-    headers = {op: server.auth(role) for op, role in ROLE_OF.items() if op in operations}
-    result = run_schemathesis(server.api.base_url, work_dir=tmp_path / "st", headers=headers, max_examples=max_examples,
-                              timeout=timeout)
-    assert result.requests > 0, result.output[-3000:]
-    assert result.server_errors == 0, (result.statuses, result.output[-6000:])
-    assert result.failures == [], result.output[-6000:]
-    assert result.returncode == 0, result.output[-6000:]
-    print(f"schemathesis: {result.requests} requests, statuses {dict(sorted(result.statuses.items()))}")
+def _fuzz(server: TokenServer, tmp_path: Path, max_examples: int, timeout: float = 1200) -> None:
+    fuzz_every_operation(server, ROLE_OF, tmp_path / "st", max_examples=max_examples, timeout=timeout)
     # The server is still healthy and its log still verifies.
     assert httpx.get(server.api.base_url + "/verify", headers=server.auth("auditor"), timeout=60).json()["ok"] is True
 
 
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: ConsentServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: TokenServer, tmp_path: Path) -> None:
     _fuzz(server, tmp_path, max_examples=100)
 
 
 @pytest.mark.slow
-def test_schemathesis_big_run_finds_no_5xx_and_no_schema_violation(server: ConsentServer, tmp_path: Path) -> None:
+def test_schemathesis_big_run_finds_no_5xx_and_no_schema_violation(server: TokenServer, tmp_path: Path) -> None:
     # 300 examples took 565 s on 2 cores (each append grows the log every later request verifies): 150 keeps
     # the slow set well inside CI while still reaching far more states than the fast run.
     _fuzz(server, tmp_path, max_examples=150, timeout=900)
 
 
-def test_an_oversized_stream_is_refused_before_it_is_read_whole(server: ConsentServer) -> None:
+def test_an_oversized_stream_is_refused_before_it_is_read_whole(server: TokenServer) -> None:
     from fedcrm.consent.api import MAX_IMPORT_BYTES
 
-    host, port = "127.0.0.1", int(server.api.base_url.rsplit(":", 1)[1])
+    host, port = "127.0.0.1", server.api.port
     chunk = b"#" * (1024 * 1024)
     total = 20 * MAX_IMPORT_BYTES  # what a client would send if nobody stopped it
     sent = 0
@@ -151,7 +129,7 @@ def test_an_oversized_stream_is_refused_before_it_is_read_whole(server: ConsentS
         assert sock.recv(65536).startswith(b"HTTP/1.1 413")
 
 
-def test_the_access_log_holds_route_templates_not_pseudonyms_or_tokens(server: ConsentServer) -> None:
+def test_the_access_log_holds_route_templates_not_pseudonyms_or_tokens(server: TokenServer) -> None:
     base = server.api.base_url
     for url, headers in [
         (f"/subjects/{ALICE}", server.auth("auditor")),

@@ -214,8 +214,9 @@ def test_migrations_create_exactly_the_orm_schema(ledger: Ledger, ledger_url: st
 
 
 def test_missing_postgres_binaries_say_how_to_install_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedcrm.coordinator import local_postgres
     from tests import postgres_server
 
-    monkeypatch.setattr(postgres_server.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(local_postgres.glob, "glob", lambda pattern: [])
     with pytest.raises(postgres_server.PostgresUnavailable, match="apt-get install postgresql"):
         postgres_server.find_bindir()

@@ -20,19 +20,18 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import typer
-from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent import merkle
 from fedcrm.consent.bundle import export_bundle, verify_bundle
 from fedcrm.consent.cli_log import register
-from fedcrm.consent.db import normalise_url
 from fedcrm.consent.events import canonical_json
 from fedcrm.consent.gate import UsageContext, gate
 from fedcrm.consent.ledger import Ledger
 from fedcrm.consent.subject import subject_report
 from fedcrm.errors import LedgerIntegrityError
+from tests.raw_sql import raw_sql
 
 OLD, NEW = "0a1b2c3d", "99887766"
 CATEGORY = "user.behavior.service_subscription"
@@ -51,15 +50,8 @@ def run_gate(ledger: Ledger, subjects: list[str]) -> frozenset[str]:
 @pytest.fixture
 def sql(ledger_url: str) -> Iterator[Callable[..., list]]:
     """Run raw SQL behind the ledger's back, each statement committed at once."""
-    engine = create_engine(normalise_url(ledger_url))
-
-    def run(statement: str, **params: object) -> list:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return list(result) if result.returns_rows else []
-
-    yield run
-    engine.dispose()
+    with raw_sql(ledger_url) as run:
+        yield run
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,34 +23,14 @@ from typer.testing import CliRunner
 
 from fedcrm.cli import app
 from fedcrm.coordinator.deployment import run_deployment
-from fedcrm.coordinator.processes import stop_processes
 from fedcrm.coordinator.run_config import RunConfig
-from fedcrm.coordinator.superlink import free_port, start_superlink, stop_superlink
+from fedcrm.coordinator.superlink import free_port
 from fedcrm.paths import DATASETS
-from tests.federation import approve_task
+from tests.deploy.stack import deployment_stack, flower_processes
+from tests.federation import copy_partners
 
 PARTNERS = ("A", "B", "C")
 SECAGG_STAGES = {"setup", "share_keys", "collect_masked_vectors", "unmask"}
-
-
-def flower_processes(root: Path) -> dict[int, str]:
-    """PID → command line of every live process whose FLWR_HOME lies under ``root``."""
-    needle = f"FLWR_HOME={root}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            continue  # a zombie is already dead
-        if any(v.startswith(needle) for v in env):
-            found[int(entry.name)] = cmd
-    return found
 
 
 def test_join_refuses_to_start_without_the_partner_key(tmp_path: Path) -> None:
@@ -78,25 +56,10 @@ def test_join_needs_exactly_one_of_insecure_or_a_ca(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path: Path) -> None:
     started = time.monotonic()
-    configs = []
-    for name in PARTNERS:
-        pdir = tmp_path / "partners" / name
-        shutil.copytree(DATASETS / "partners" / "telco" / "skewed" / name, pdir)
-        result = CliRunner().invoke(app, ["client", "init", "--config", str(pdir / "partner.toml")])
-        assert result.exit_code == 0, result.output
-        approve_task(pdir / "partner.toml")
-        configs.append(pdir / "partner.toml")
+    configs = copy_partners(tmp_path / "partners", names=PARTNERS)
     assert not flower_processes(tmp_path)
 
-    link = start_superlink(tmp_path / "superlink")
-    joins: list[subprocess.Popen[bytes]] = []
-    try:
-        for config in configs:
-            log = (config.parent / "join.log").open("wb")
-            joins.append(subprocess.Popen(
-                [sys.executable, "-m", "fedcrm.cli", "client", "join", "--config", str(config), "--superlink", link.address,
-                 "--port", str(free_port()), "--insecure"],
-                stdout=log, stderr=subprocess.STDOUT))
+    with deployment_stack(tmp_path, configs) as stack:
         cfg = RunConfig.model_validate({"task": DATASETS / "tasks" / "telco_churn.yaml", "rounds": 1, "seed": 0,
                                         "run_id": "deploy-1"})
         seen: dict[int, str] = {}
@@ -110,26 +73,20 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
-            result = run_deployment(cfg, len(configs), link.address, tmp_path / "runs", timeout_s=500)
+            result = run_deployment(cfg, len(configs), stack.link.address, tmp_path / "runs", timeout_s=500)
         finally:
             done.set()
             watcher.join()
         assert result.succeeded, result.error
-        for join in joins:
+        for join in stack.joins.values():
             assert join.poll() is None, "a SuperNode left before it was told to"
-            join.send_signal(signal.SIGINT)  # Ctrl-C
-        codes = [join.wait(timeout=60) for join in joins]
-    finally:
-        for join in joins:
-            if join.poll() is None:
-                stop_processes({join.pid})
-        leftover_link = stop_superlink(link)
+        codes = stack.stop_joins(signal.SIGINT)  # Ctrl-C
     elapsed = time.monotonic() - started
     print(f"deployment test: 1 SecAgg+ round, 3 SuperNodes, {elapsed:.1f} s end to end "
           f"(run {result.wall_s:.1f} s)")
 
     assert codes == [0, 0, 0]
-    assert not leftover_link
+    assert not stack.leftover
     # The run: a final model and every SecAgg+ stage completed by every partner in round 1.
     run_dir = result.run_dir
     assert (run_dir / "model" / "final.safetensors").exists() and (run_dir / "manifest.json").exists()
@@ -143,9 +100,10 @@ def test_three_partners_join_a_real_superlink_and_finish_a_secagg_round(tmp_path
     assert "partner-config" not in app_config and str(tmp_path / "partners") not in app_config
     # Processes: the scan saw SuperLink, SuperNodes and app processes during the run; none is left.
     commands = " ".join(seen.values())
-    for program in ("flower-superlink", "fedcrm.client.supernode_main", "flwr-serverapp",
+    for program in ("fedcrm.coordinator.superlink_main", "fedcrm.client.supernode_main", "flwr-serverapp",
                     "fedcrm.client.clientapp_worker"):
         assert program in commands, f"{program} was never seen in the process table"
     assert not flower_processes(tmp_path), flower_processes(tmp_path)
     assert all(not Path(f"/proc/{pid}").exists() or flower_processes(tmp_path).get(pid) is None for pid in seen)
-    assert os.path.exists(tmp_path / "superlink" / "state.db")
+    # The SuperLink kept its state in memory (coordinator/superlink.py): no state database on disk.
+    assert not os.path.exists(tmp_path / "superlink" / "state.db")

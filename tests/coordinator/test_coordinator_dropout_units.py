@@ -18,6 +18,7 @@ from fedcrm.coordinator.checkpoint import (
     Checkpoint,
     latest_round,
     load_checkpoint,
+    prepare_resume,
     save_checkpoint,
 )
 from fedcrm.coordinator.registry import finalise_run_dir, list_runs, rounds_from_events, write_manifest
@@ -181,6 +182,29 @@ def test_checkpoints_round_trip_only_when_the_manifest_covers_them(tmp_path: Pat
     assert load_checkpoint(tmp_path, 1).server_round == 1
     with pytest.raises(CoordinatorError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_a_resume_is_prepared_only_from_a_checkpoint_the_manifest_covers(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    class Plan(BaseModel):
+        run_id: str = "r"
+        resume_from_round: int = 0
+
+    save_checkpoint(tmp_path, _checkpoint(1))
+    models = tmp_path / "model"
+    models.mkdir()
+    for k in (1, 2):
+        (models / f"round-{k}.safetensors").write_bytes(b"m")
+        (models / f"round-{k}.json").write_text("{}")
+    with pytest.raises(ModelIntegrityError):  # no manifest yet: nothing is touched
+        prepare_resume(tmp_path, Plan())
+    assert (models / "round-2.safetensors").exists()
+    write_manifest(tmp_path)
+    resumed, path = prepare_resume(tmp_path, Plan())
+    assert resumed.resume_from_round == 1 and path == tmp_path / "plan-resume-1.json"
+    assert Plan.model_validate_json(path.read_text()) == resumed
+    assert sorted(p.name for p in models.iterdir()) == ["round-1.json", "round-1.safetensors"]
 
 
 def test_registry_counts_completed_rounds_and_records_how_a_run_ended(tmp_path: Path) -> None:

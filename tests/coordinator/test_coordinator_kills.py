@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from fedcrm.coordinator.registry import list_runs, load_run_model
-from tests.federation import TELCO_TASK, copy_partners, run
+from tests.federation import TELCO_TASK, copy_partners, run, sigint_as_default
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,8 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.pop("FEDCRM_FAULT_INJECTION", None)
     return subprocess.Popen([sys.executable, "-m", "fedcrm.cli", "coordinator", *args],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=sigint_as_default)
 
 
 def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1) -> None:  # noqa: ANN001

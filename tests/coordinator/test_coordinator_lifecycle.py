@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedcrm.coordinator.processes import processes_with_marker
+from tests.federation import sigint_as_default
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,8 @@ def test_a_killed_coordinator_leaves_no_process_and_a_closed_run_directory(tmp_p
     (fake_ray_tmp / "session_x" / "logs").mkdir(parents=True)
     (fake_ray_tmp / "session_x" / "logs" / "raylet.out").write_text("log line\n")
     marker = os.urandom(8).hex()
-    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(run_dir), marker, str(fake_ray_tmp), ENGINE])
+    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(run_dir), marker, str(fake_ray_tmp), ENGINE],
+                                   preexec_fn=sigint_as_default)
     try:
         deadline = time.monotonic() + 60
         while not (run_dir / "engine-ready").exists():

@@ -32,10 +32,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.socket_table import listening_table, socket_inodes
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("FEDCRM_CACHE", "/var/cache/fedcrm"))
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+#: The registry database of the compose test: Debian's PostgreSQL in an image of its own (no registry here).
+POSTGRES_PACKAGES = ("postgresql", "ca-certificates")
+#: Installed with --no-deps in the image (docker/Dockerfile, Makefile): it pins protobuf exactly.
+PSI_REQUIREMENT = "openmined.psi==2.0.6"
 TOOLS = ("podman", "runc", "docker-compose", "mmdebstrap")
 INSTALL_HINT = "install them with `bash .ci/install-containers.sh` (root), as `make test` does"
 CONTAINERS_CONF = """[containers]
@@ -94,6 +100,7 @@ class Podman:
     health_stop: threading.Event = field(default_factory=threading.Event)
     health_thread: threading.Thread | None = None
     killed_leftovers: list[int] = field(default_factory=list)
+    leftover_commands: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -125,6 +132,11 @@ class Podman:
 
     def start_service(self) -> None:
         self.graphroot.mkdir(parents=True, exist_ok=True)
+        # podman keeps the run root it first used with a graph root in that graph root's database and
+        # uses it ever after, whatever storage.conf says: find the effective one, where conmon leaves traces.
+        effective = self.podman("info", "--format", "{{.Store.RunRoot}}", check=False).stdout.strip()
+        if effective:
+            self.runroot = Path(effective)
         log = (self.work / "podman-service.log").open("wb")
         self.service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -162,6 +174,7 @@ class Podman:
                 self.service.wait(timeout=30)
         # An `exec` whose client was killed (a timeout) leaves its conmon behind: ours carry our runroot.
         self.killed_leftovers = self.leftover_pids()
+        self.leftover_commands = {pid: _cmdline(pid) for pid in self.killed_leftovers}
         for pid in self.killed_leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -190,11 +203,19 @@ class Podman:
         return int(self.podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip())
 
 
-def base_image(podman: Podman, timings: Timings) -> str:
-    """``localhost/fedcrm-base:<key>``: Debian bookworm minbase + python3, from the archive (cached)."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return "?"
+
+
+def base_image(podman: Podman, timings: Timings, packages: tuple[str, ...] = BASE_PACKAGES,
+               name: str = "fedcrm-base") -> str:
+    """``localhost/<name>:<key>``: Debian bookworm minbase + ``packages``, from the archive (cached)."""
     mirror = debian_mirror()
-    key = _digest(SUITE, ",".join(BASE_PACKAGES), mirror, "minbase")
-    tag = f"localhost/fedcrm-base:{key}"
+    key = _digest(SUITE, ",".join(packages), mirror, "minbase")
+    tag = f"localhost/{name}:{key}"
     if podman.podman("image", "exists", tag, check=False).returncode == 0:
         return tag
     tarball = CACHE / "base" / f"{SUITE}-{key}.tar"
@@ -203,15 +224,15 @@ def base_image(podman: Podman, timings: Timings) -> str:
         tarball.parent.mkdir(parents=True, exist_ok=True)
         partial = tarball.with_name(f".{tarball.name}.{uuid.uuid4().hex[:8]}.tar")
         try:
-            podman.run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+            podman.run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}",
                        SUITE, str(partial), mirror, timeout=1200)
             os.replace(partial, tarball)
         finally:
             partial.unlink(missing_ok=True)
-        timings.measure("mmdebstrap base rootfs", started)
+        timings.measure(f"mmdebstrap {name} rootfs", started)
     started = time.monotonic()
     podman.podman("import", str(tarball), tag, timeout=600)
-    timings.measure("podman import base", started)
+    timings.measure(f"podman import {name}", started)
     return tag
 
 
@@ -220,7 +241,7 @@ def wheelhouse(timings: Timings) -> Path:
     pyproject = (REPO / "pyproject.toml").read_bytes()
     requirements = tomllib.loads(pyproject.decode())["project"]["dependencies"]
     constraints = (REPO / "constraints.txt").read_bytes()
-    key = _digest(json.dumps(requirements), constraints, sys.version.split()[0][:4])
+    key = _digest(json.dumps(requirements), constraints, sys.version.split()[0][:4], PSI_REQUIREMENT)
     target = CACHE / "wheelhouse" / key
     if (target / ".complete").exists():
         return target
@@ -234,6 +255,7 @@ def wheelhouse(timings: Timings) -> Path:
         subprocess.run([*pip, "torch==2.13.0"], check=True, capture_output=True, timeout=1200)
         subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), "-r", str(reqs), "setuptools>=68", "wheel"],
                        check=True, capture_output=True, timeout=1200)
+        subprocess.run([*pip, "--no-deps", PSI_REQUIREMENT], check=True, capture_output=True, timeout=1200)
         reqs.unlink()
         (partial / ".complete").write_text("")
         shutil.rmtree(target, ignore_errors=True)
@@ -284,34 +306,5 @@ def descendants(root_pids: set[int]) -> set[int]:
 
 def listening_addresses(pids: set[int]) -> set[str]:
     """``addr:port`` of every TCP socket in LISTEN state that one of ``pids`` holds open."""
-    inodes: set[str] = set()
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                try:
-                    link = os.readlink(fd)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] != "0A" or cols[9] not in inodes:  # 0A = LISTEN
-                continue
-            hex_addr, hex_port = cols[1].split(":")
-            found.add(f"{_decode_addr(hex_addr, width)}:{int(hex_port, 16)}")
-    return found
-
-
-def _decode_addr(hex_addr: str, width: int) -> str:
-    import ipaddress
-
-    raw = bytes.fromhex(hex_addr)
-    if width == 8:
-        return str(ipaddress.IPv4Address(raw[::-1]))
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return str(ipaddress.IPv6Address(words))
+    table = listening_table()
+    return {f"{table[inode][0]}:{table[inode][1]}" for pid in pids for inode in socket_inodes(pid) if inode in table}

@@ -28,31 +28,14 @@ from fedcrm.coordinator.link_security import RefusalWatcher, refusals_in_log
 from fedcrm.coordinator.partners import read_registry
 from fedcrm.coordinator.processes import stop_processes
 from fedcrm.coordinator.run_config import RunConfig
-from fedcrm.coordinator.superlink import free_port, start_superlink, stop_superlink, venv_bin
+from fedcrm.coordinator.superlink import free_port, venv_bin
 from fedcrm.node_keys import fingerprint, load_private_key
 from fedcrm.paths import DATASETS
+from tests.deploy.stack import deployment_stack, flower_processes
 from tests.federation import copy_partners
 
 SECAGG_STAGES = {"setup", "share_keys", "collect_masked_vectors", "unmask"}
 WIDE = {"COLUMNS": "400"}  # rich must not wrap fingerprints in captured output
-
-
-def flower_processes(root: Path) -> dict[int, str]:
-    """PID → command line of every live, non-zombie process whose FLWR_HOME lies under ``root``."""
-    needle = f"FLWR_HOME={root}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if state != "Z" and any(v.startswith(needle) for v in env):
-            found[int(entry.name)] = cmd
-    return found
 
 
 def node_fingerprint(config: Path) -> str:
@@ -67,10 +50,10 @@ def test_tls_authenticated_secagg_round_and_unregistered_or_keyless_nodes_refuse
     issue(tmp_path / "tls", ["127.0.0.1"])
     ca = tmp_path / "tls" / "ca.pem"
     registry = tmp_path / "partners.json"
-    link = start_superlink(tmp_path / "superlink", tls_dir=tmp_path / "tls", node_auth=True)
-    watcher = RefusalWatcher(link.state_dir / "superlink.log", interval_s=0.5)
-    joins: list[subprocess.Popen[bytes]] = []
-    try:
+    with deployment_stack(tmp_path, configs, join=False, root_certificates=ca, tls_dir=tmp_path / "tls",
+                          node_auth=True) as stack:
+        link = stack.link
+        watcher = RefusalWatcher(link.state_dir / "superlink.log", interval_s=0.5)
         for config in configs:
             name = config.parent.name
             added = CliRunner().invoke(app, ["coordinator", "partners", "add", name, str(config.parent / "node.key.pub"),
@@ -118,12 +101,7 @@ def test_tls_authenticated_secagg_round_and_unregistered_or_keyless_nodes_refuse
         assert [node_fingerprint(stranger)] in [x["node_key_fingerprints"] for x in lines]
 
         # The registered partners join over TLS with their node keys and finish a SecAgg+ round.
-        for config in configs:
-            log = (config.parent / "join.log").open("wb")
-            joins.append(subprocess.Popen(
-                [sys.executable, "-m", "fedcrm.cli", "client", "join", "--config", str(config),
-                 "--superlink", link.address, "--port", str(free_port()), "--root-certificates", str(ca)],
-                stdout=log, stderr=subprocess.STDOUT))
+        stack.join_all()
         cfg = RunConfig.model_validate({"task": DATASETS / "tasks" / "telco_churn.yaml", "rounds": 1, "seed": 0,
                                         "run_id": "tls-auth-1"})
         result = run_deployment(cfg, len(configs), link.address, tmp_path / "runs", timeout_s=600,
@@ -135,15 +113,10 @@ def test_tls_authenticated_secagg_round_and_unregistered_or_keyless_nodes_refuse
         for config in configs:
             assert node_fingerprint(config) in listed.output
         assert listed.output.count("online") >= 3, listed.output
-        for join in joins:
+        for join in stack.joins.values():
             assert join.poll() is None, "a SuperNode left before it was told to"
-            join.send_signal(signal.SIGINT)
-        codes = [join.wait(timeout=60) for join in joins]
-    finally:
-        for join in joins:
-            if join.poll() is None:
-                stop_processes({join.pid})
-        leftover = stop_superlink(link)
+        codes = stack.stop_joins(signal.SIGINT)
+    leftover = stack.leftover
     print(f"TLS + node-auth deployment test: {time.monotonic() - started:.1f} s end to end (run {result.wall_s:.1f} s)")
     assert codes == [0, 0, 0] and not leftover
     [round_1] = result.rounds
