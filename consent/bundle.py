@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedcrm.consent import checkpoint as cp
-from fedcrm.consent.events import canonical_json
+from fedcrm.consent.events import SALT_BYTES, canonical_json
 from fedcrm.consent.merkle import (
     LEAF_PREFIX,
     TreeFrontier,
@@ -105,6 +105,11 @@ def _check_entry(row: LeafRow, expected: int) -> bytes:
         raise _Bad("entry", expected, f"entry {expected}: data does not hash to the stored leaf hash (edited)")
     if row.payloads:
         for name, (salt, value) in row.payloads.items():
+            if len(salt) != SALT_BYTES:
+                # The leaf commits to salt || value only: bytes moved between the two columns keep the hash and
+                # change the value (an objection moved to a pseudonym nobody has). Every salt is SALT_BYTES long.
+                raise _Bad("entry", expected, f"entry {expected}: personal field '{name}' has a salt of {len(salt)} "
+                                              f"bytes, not {SALT_BYTES} (salt and value edited)")
             # events.salted_hash, inlined
             if f'"{name}_salted_sha256":"{_sha256(salt + value.encode()).hexdigest()}"' not in text:
                 raise _Bad("entry", expected, f"entry {expected}: personal field '{name}' does not match its salted hash")

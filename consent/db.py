@@ -258,7 +258,7 @@ def _sqlite_rows(conn: Connection, upto: int | None) -> Iterator[LeafRow]:
                     "ORDER BY idx", args)
     payloads = dbapi.cursor()
     payloads.arraysize = _STREAM
-    payloads.execute(f"SELECT idx, field, salt, value FROM {PersonalPayload.__tablename__}{limit} ORDER BY idx, field",
+    payloads.execute(f"SELECT idx, field, CAST(salt AS BLOB), value FROM {PersonalPayload.__tablename__}{limit} ORDER BY idx, field",
                      args)
     try:
         pay_iter = iter(payloads)

@@ -59,7 +59,7 @@ def _rows(dbapi: Any, lo: int, hi: int) -> list[LeafRow]:
     """Entries lo..hi-1 with their payloads, as the reference reads them (``db._sqlite_rows``)."""
     pays: dict[int, dict[str, tuple[bytes, str]]] = {}
     for idx, name, salt, value in dbapi.execute(
-        "SELECT idx, field, salt, value FROM personal_payloads WHERE idx >= ? AND idx < ? ORDER BY idx, field", (lo, hi)
+        "SELECT idx, field, CAST(salt AS BLOB), value FROM personal_payloads WHERE idx >= ? AND idx < ? ORDER BY idx, field", (lo, hi)
     ):
         pays.setdefault(idx, {})[name] = (salt, value)
     entries = dbapi.execute("SELECT idx, public_json, leaf_hash, kind, fingerprint FROM log_entries "

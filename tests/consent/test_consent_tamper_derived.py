@@ -132,6 +132,17 @@ def test_edited_payload_salt(world, sql) -> None:
     gate_refuses(world)
 
 
+def test_withdrawal_moved_to_another_pseudonym_by_shifting_a_byte_from_value_to_salt(world, sql) -> None:
+    # salt || value stays byte for byte the same, so its salted hash still matches the leaf, and the
+    # objection would apply to a pseudonym nobody has: only the salt's length (always events.SALT_BYTES)
+    # tells that the stored subject is not the one logged.
+    [(salt, value)] = sql("SELECT salt, value FROM personal_payloads WHERE idx = 5")
+    sql("UPDATE personal_payloads SET salt = :s, value = :v WHERE idx = 5", s=salt + value[:1].encode(), v=value[1:])
+    verdict(world.ledger, "entry", 5, "salt of 33 bytes")
+    verdict(world.ledger, "entry", 5, "salt of 33 bytes", workers=2)
+    gate_refuses(world)
+
+
 def test_edited_leaf_hash_column(world, sql) -> None:
     sql("UPDATE log_entries SET leaf_hash = :h WHERE idx = 2", h=b"\x11" * 32)
     verdict(world.ledger, "entry", 2, "stored leaf hash")

@@ -25,7 +25,8 @@ from fedcrm.consent import ledger as ledger_module
 from fedcrm.consent import merkle, verify_log
 from fedcrm.consent.bundle import VerificationReport
 from fedcrm.consent.cli_log import register
-from fedcrm.consent.events import canonical_json, subject_fingerprint
+from fedcrm.consent import verify_blocks
+from fedcrm.consent.events import SALT_BYTES, canonical_json, subject_fingerprint
 from fedcrm.consent.ledger import Ledger
 from tests.raw_sql import raw_sql
 
@@ -123,6 +124,10 @@ TAMPERS: dict[str, Callable[..., None]] = {
     "payload of another field added": lambda sql, **_: sql(
         "INSERT INTO personal_payloads (idx, field, salt, value) VALUES (12, 'email', :s, 'x@y')", s=b"\x00" * 32),
     "payload salt shortened": lambda sql, **_: sql("UPDATE personal_payloads SET salt = substr(salt, 1, 31) WHERE idx = 8"),
+    # ||'s result is TEXT: the salt is stored as text from then on (SQLite keeps whatever type it is given).
+    "a byte moved from value to salt": lambda sql, **_: sql(
+        "UPDATE personal_payloads SET salt = salt || CAST(substr(value, 1, 1) AS BLOB), value = substr(value, 2) "
+        "WHERE idx = 16"),
     "kind column edited": lambda sql, **_: sql("UPDATE log_entries SET kind = 'usage' WHERE idx = 22"),
     "fingerprint set on a consent": lambda sql, **_: sql("UPDATE log_entries SET fingerprint = :f WHERE idx = 25", f="ab" * 32),
     "leaf hash of another entry": lambda sql, **_: sql(
@@ -161,6 +166,10 @@ TAMPERS: dict[str, Callable[..., None]] = {
     "entry rewritten and re-signed": lambda sql, key, origin, **_: (
         _edit_json(sql, 26, lambda d: d | {"action": "grant"}, fix_hash=False), _resign(sql, key, origin)),
 }
+
+
+def test_the_block_check_knows_the_ledgers_salt_length() -> None:
+    assert verify_blocks.SALT_BYTES == SALT_BYTES
 
 
 def test_the_untampered_log_is_vouched_for_by_the_fast_path(world: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
