@@ -162,10 +162,13 @@ def down(directory: Path, grace_s: float = 15.0) -> set[int]:
             survived = stop_local_postgres(directory / REGISTRY_DB, grace_s)
             survivors |= {survived} if survived else set()
             continue
-        try:
-            os.kill(part.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        # Only while the PID still carries the part's marker: a part that died earlier left its PID free for
+        # reuse (PIDs wrap at pid_max, 32,768 on small machines), and signalling it would hit a stranger.
+        if part.pid in processes_with_marker(part.marker):
+            try:
+                os.kill(part.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and processes_with_marker(part.marker):
             time.sleep(0.2)
