@@ -152,7 +152,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                       f"Python object and one JSON parse per receipt) and {rest:.1f} s the rules over a million "
                       "events, most of it turning those objects into the columnar gate's arrays. The goal is met "
                       "where the log holds the exceptions only (an opt-out purpose such as churn prediction: "
-                      "0.85 s at 1M customers with 20,000 withdrawals, docs/benchmarks-scale.md). What would meet "
+                      "0.38 s at 1M customers with 20,000 withdrawals, docs/benchmarks-scale.md). What would meet "
                       "it for opt-in purposes: a columnar consent history kept by the long-lived partner process and "
                       "extended from its last verified head (only the new leaves hashed and proven against the "
                       "signed root), so a round reads what was appended since the last one (docs/scale.md)."]
