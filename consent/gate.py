@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fedcrm.consent.events import RefusalEvent, UsageEvent, suppression_hash
+from fedcrm.consent.integrity import paused_gc
 from fedcrm.consent.policy import check_category, covered_mask
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
 from fedcrm.errors import ConsentError, PurposeNotAllowed
@@ -299,7 +300,7 @@ def gate(
     values = _subject_column(frame.column(SUBJECT)) if arrow else _subject_array(frame[SUBJECT])
     distinct = _distinct(values)
     unique = values if distinct.unique is None else distinct.unique
-    with ledger.transaction() as txn:
+    with paused_gc(), ledger.transaction() as txn:  # a record per receipt and per subject, none cyclic
         size = txn.tree_size()
         # Fail closed: every leaf below `size` re-hashed and proven against the signed root,
         # kinds taken from the hashed text, payloads and rotation rows checked (else it raises).

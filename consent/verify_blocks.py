@@ -75,10 +75,12 @@ def extend(stack: list[bytes], size: int, leaves: Sequence[bytes]) -> int:
     return size
 
 
-def plain_block(dbapi: Any, lo: int, hi: int) -> list[bytes] | None:
+def plain_block(dbapi: Any, lo: int, hi: int, keep: list[tuple[int, str, str]] | None = None) -> list[bytes] | None:
     """Leaf hashes of entries lo..hi-1 if they are plain consent receipts passing every check; else None.
 
     Each test is at least as strict as ``bundle._check_entry`` and ``LogFacts._note`` on a consent leaf.
+    With ``keep``, a block that passes also appends ``(index, text, subject)`` for each entry, as
+    ``LogFacts`` keeps them for the gate (``keep_consents``).
     """
     n = hi - lo
     count, first, last, texts, stored, consents, fingerprints = dbapi.execute(_ENTRIES, (lo, hi)).fetchone()
@@ -108,6 +110,13 @@ def plain_block(dbapi: Any, lo: int, hi: int) -> list[bytes] | None:
     # Every line ends '"subject_salted_sha256":"<its payload's hash>"}': all n compared at once.
     if b"".join([t[-_TAIL:] for t in lines]) != (_SALTED_KEY + ('"}' + _SALTED_KEY).join(hexes) + '"}').encode():
         return None
+    if keep is not None:
+        try:  # each salt is SALT_BYTES long (checked above), so the value is what follows it
+            texts_of = [t[1:].decode() for t in lines]
+            subjects_of = [x[SALT_BYTES:].decode() for x in pairs]
+        except UnicodeDecodeError:
+            return None
+        keep.extend(zip(range(lo, hi), texts_of, subjects_of))
     return leaves
 
 

@@ -148,7 +148,9 @@ def verify_sqlite(
     by_size = {h.size: h for h in heads}
     keep: list[bytes] | None = [] if trusted is not None else None
     path = _database_file(dbapi)
-    ranges = _ranges(n, workers if keep is None and path else 1, block)
+    # Workers return frontiers only: the leaves kept for a consistency proof and the consents kept for the
+    # gate (``facts.keep_consents``) stay in this process.
+    ranges = _ranges(n, workers if keep is None and path and not facts.keep_consents else 1, block)
     stack: list[bytes] = []
     size, stop_at = 0, 0
 
@@ -168,7 +170,7 @@ def verify_sqlite(
         nonlocal size, stop_at
         for start in range(lo, hi, block):
             end = min(start + block, hi)
-            leaves = plain_block(dbapi, start, end)
+            leaves = plain_block(dbapi, start, end, facts.consents if facts.keep_consents else None)
             if leaves is None:
                 leaves = _slow_block(dbapi, start, end, facts)
             if keep is not None:

@@ -28,6 +28,7 @@ from fedcrm.consent.cli_log import register
 from fedcrm.consent import verify_blocks
 from fedcrm.consent.events import SALT_BYTES, canonical_json, subject_fingerprint
 from fedcrm.consent.ledger import Ledger
+from fedcrm.errors import LedgerIntegrityError
 from tests.raw_sql import raw_sql
 
 N_CONSENTS = 40
@@ -211,6 +212,50 @@ def test_a_tampered_log_gets_the_reference_verdict(
         assert world.verify(trusted=held) == want, case
     assert world.verify(workers=2) == reference(world), case  # ranges of 16 entries in two processes
     assert len(seen) == 3
+
+
+def _history_both_ways(led: Ledger, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """The gate's read through the block check, and through the reference alone (each a History or the error)."""
+    def read() -> object:
+        with led._engine.connect() as conn, conn.begin():
+            try:
+                history = led._signed_history(conn)
+            except LedgerIntegrityError as exc:
+                return ("refused", str(exc))
+        return (history.consents, sorted(history.graph.aliases(history.consents[-1][1].subject)), history.suppressed)
+
+    fast = read()
+    with monkeypatch.context() as m:
+        m.setattr(verify_log, "verify_sqlite", lambda *a, **k: None)
+        ref = read()
+    return fast, ref
+
+
+def test_the_gates_read_takes_the_block_route_and_reads_what_the_reference_reads(
+    world: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routes: list[bool] = []
+    real = verify_log.plain_block
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        leaves = real(*args)  # once: a plain block also appends its consents to the list it is given
+        routes.append(leaves is not None)
+        return leaves
+
+    monkeypatch.setattr(verify_log, "plain_block", spy)
+    fast, ref = _history_both_ways(world, monkeypatch)
+    assert routes.count(True) >= 8, routes  # plain consent blocks read in one piece
+    assert fast[0] != "refused" and fast == ref
+    assert len(fast[0]) == N_CONSENTS + 10 - 1  # every consent but the erased subject's
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_the_gates_read_of_a_tampered_log_is_the_references(
+    case: str, world: Ledger, sql, signing_key: Path, make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    TAMPERS[case](sql, make=make, key=signing_key, origin=make.origin)
+    fast, ref = _history_both_ways(world, monkeypatch)
+    assert fast == ref, case
 
 
 def test_cli_verify_with_workers_says_ok_then_names_the_first_bad_index(world: Ledger, url: str, sql, make) -> None:
