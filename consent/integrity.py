@@ -248,8 +248,11 @@ class _Times(dict[str | None, datetime | None]):
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a million small acyclic records are built (they are freed by
-    reference counting): each of its passes walks every record made so far: a quarter of the read's CPU at 1M receipts."""
+    """Pause the cyclic garbage collector while a million small acyclic records are built.
+
+    Reference counting frees them; each collector pass would walk every record made so far (a quarter
+    of the read's CPU at a million receipts). Process-wide, so it is restored only by whoever paused it first.
+    """
     was = gc.isenabled()
     gc.disable()
     try:
