@@ -11,12 +11,13 @@ The schema itself is created by the Alembic migrations in ``migrations/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from datetime import datetime
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -216,18 +217,21 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
     entries = conn.execute(eq.execution_options(yield_per=_STREAM))
     payloads = conn.execute(pq.execution_options(yield_per=_STREAM))
 
-    def rows() -> Iterator[LeafRow]:
-        pay_iter = iter(payloads)
-        pending = next(pay_iter, None)
-        for idx, public_json, leaf_hash, kind, fingerprint in entries:
-            mine: dict[str, tuple[bytes, str]] = {}
-            while pending is not None and pending[0] <= idx:
-                if pending[0] == idx:
-                    mine[pending[1]] = (pending[2], pending[3])
-                pending = next(pay_iter, None)
-            yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
+    return _merged(entries, payloads), _heads(conn)
 
-    return rows(), _heads(conn)
+
+def _merged(entries: Iterable[Any], payloads: Iterable[Any]) -> Iterator[LeafRow]:
+    """Entries (idx, text, leaf hash, kind, fingerprint) by index, each with its payloads (idx, field, salt, value):
+    two scans, both ordered by idx, merged in one pass."""
+    pay_iter = iter(payloads)
+    pending = next(pay_iter, None)
+    for idx, public_json, leaf_hash, kind, fingerprint in entries:
+        mine: dict[str, tuple[bytes, str]] = {}
+        while pending is not None and pending[0] <= idx:
+            if pending[0] == idx:
+                mine[pending[1]] = (pending[2], pending[3])
+            pending = next(pay_iter, None)
+        yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
 
 
 def read_heads(conn: Connection) -> list[HeadRow]:
@@ -261,15 +265,7 @@ def _sqlite_rows(conn: Connection, upto: int | None) -> Iterator[LeafRow]:
     payloads.execute(f"SELECT idx, field, CAST(salt AS BLOB), value FROM {PersonalPayload.__tablename__}{limit} ORDER BY idx, field",
                      args)
     try:
-        pay_iter = iter(payloads)
-        pending = next(pay_iter, None)
-        for idx, public_json, leaf_hash, kind, fingerprint in entries:
-            mine: dict[str, tuple[bytes, str]] = {}
-            while pending is not None and pending[0] <= idx:
-                if pending[0] == idx:
-                    mine[pending[1]] = (pending[2], pending[3])
-                pending = next(pay_iter, None)
-            yield LeafRow(idx, public_json, leaf_hash, mine, kind, fingerprint)
+        yield from _merged(entries, payloads)
     finally:
         # A generator dropped unfinished (a check that stopped at the first bad entry) may be
         # closed by the garbage collector after its connection: its cursors went with it.
