@@ -30,13 +30,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from fedcrm.consent import checkpoint as cp
-from fedcrm.consent.db import LogEntry, SignedHead
+from fedcrm.consent.db import LogEntry
 from fedcrm.consent.events import PrivacySpendEvent, event_adapter
 from fedcrm.consent.integrity import read_history
 from fedcrm.consent.ledger import Ledger, LedgerTxn
 from fedcrm.consent.taxonomy import PurposePrivacy, Vocabulary, default_vocabulary
-from fedcrm.errors import CheckpointError, LedgerIntegrityError, PrivacyBudgetExceeded
+from fedcrm.errors import PrivacyBudgetExceeded
 
 __all__ = [
     "BudgetStatus",
@@ -53,7 +52,7 @@ __all__ = [
     "spends",
 ]
 
-_E, _H = LogEntry.__table__, SignedHead.__table__
+_E = LogEntry.__table__
 KIND = "dp_spend"
 #: Slack for float noise when comparing a spend with the remaining budget.
 _EPS_TOLERANCE = 1e-9
@@ -132,13 +131,7 @@ def spends(ledger: Ledger, purpose: str | None = None) -> list[tuple[int, Privac
 
 def _proven_size(ledger: Ledger, conn: Connection) -> int:
     """Prove the log against its newest signed head (every leaf re-hashed, kinds checked); its size."""
-    note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
-    if note is None:
-        raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
-    try:
-        head = cp.verify_checkpoint(note, ledger._public_key, ledger.key_name, origin=ledger.origin)
-    except CheckpointError as exc:
-        raise LedgerIntegrityError(f"the newest signed head does not verify ({exc}); run `fedcrm consent verify`") from exc
+    head = ledger._newest_signed_head(conn)
     read_history(conn, head.size, head.root_hash)
     return head.size
 

@@ -361,14 +361,18 @@ class Ledger:
             out.append((idx, facts if asked == facts.subject else facts._replace(subject=asked)))
         return out
 
-    def _signed_history(self, conn: Connection) -> History:
+    def _newest_signed_head(self, conn: Connection) -> cp.Checkpoint:
+        """The newest stored head, its signature checked (else :class:`LedgerIntegrityError`)."""
         note = conn.execute(select(_H.c.note).order_by(_H.c.size.desc()).limit(1)).scalar_one_or_none()
         if note is None:
             raise LedgerIntegrityError("the ledger has no signed head (database edited?)")
         try:
-            head = cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
+            return cp.verify_checkpoint(note, self._public_key, self.key_name, origin=self.origin)
         except CheckpointError as exc:
             raise LedgerIntegrityError(f"the newest signed head does not verify ({exc}); run `fedcrm consent verify`") from exc
+
+    def _signed_history(self, conn: Connection) -> History:
+        head = self._newest_signed_head(conn)
         return read_history(conn, head.size, head.root_hash)
 
     def consent_events(self, *, upto_size: int, subjects: Iterable[str] | None = None) -> list[tuple[int, ConsentEvent]]:
