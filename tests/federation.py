@@ -23,6 +23,17 @@ def init_partner(config: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def add_dp_required_purpose(config: Path) -> None:
+    """Give the partner's vocabulary a purpose ``churn_private`` whose policy requires DP (budget ε = 4 a quarter)."""
+    vocab = config.parent / "private-purpose.yaml"
+    vocab.write_text("purposes:\n- key: churn_private\n  name: Churn prediction under DP\n"
+                     "  legal_basis: legitimate_interest\n  retention_days: 365\n"
+                     "  data_categories: [user.behavior.service_subscription, user.financial, user.demographic.age_range,"
+                     " user.demographic.household]\n"
+                     "  privacy: {differential_privacy: required, epsilon_budget: 4.0, period: quarter}\n")
+    config.write_text('vocabulary = ["private-purpose.yaml"]\n' + config.read_text())
+
+
 def approve_task(config: Path, task: Path = TELCO_TASK) -> None:
     """`fedcrm client approve`: the partner agrees to take part in this exact task schema."""
     result = CliRunner().invoke(app, ["client", "approve", "--config", str(config), "--task", str(task),

@@ -25,7 +25,7 @@ from fedcrm.models.params import get_arrays
 from fedcrm.models.train import train_local
 from fedcrm.models.train_config import TrainConfig
 from fedcrm.protocol import FitMetrics, FitOrder, load_task_schema
-from tests.federation import TELCO_TASK, approve_task, copy_partners, forbid_customer_data, fresh_partner, spend_earlier
+from tests.federation import TELCO_TASK, add_dp_required_purpose, approve_task, copy_partners, forbid_customer_data, fresh_partner, spend_earlier
 
 TASK = load_task_schema(TELCO_TASK)
 
@@ -160,13 +160,7 @@ def test_an_over_budget_run_is_refused_before_any_data_is_read(partner: Path, sc
 
 
 def test_a_purpose_that_requires_dp_refuses_an_order_without_it(partner: Path, scaling, tmp_path: Path) -> None:  # noqa: ANN001
-    vocab = partner.parent / "private-purpose.yaml"
-    vocab.write_text("purposes:\n- key: churn_private\n  name: Churn prediction under DP\n"
-                     "  legal_basis: legitimate_interest\n  retention_days: 365\n"
-                     "  data_categories: [user.behavior.service_subscription, user.financial, user.demographic.age_range,"
-                     " user.demographic.household]\n"
-                     "  privacy: {differential_privacy: required, epsilon_budget: 4.0, period: quarter}\n")
-    partner.write_text('vocabulary = ["private-purpose.yaml"]\n' + partner.read_text())
+    add_dp_required_purpose(partner)
     task_file = tmp_path / "task.yaml"
     task_file.write_text(TELCO_TASK.read_text().replace("purpose: churn_prediction", "purpose: churn_private"))
     task = load_task_schema(task_file)

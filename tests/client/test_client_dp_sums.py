@@ -26,7 +26,7 @@ from fedcrm.consent import budget
 from fedcrm.consent.ledger import Ledger
 from fedcrm.errors import DpBoundsMissing, PrivacyBudgetExceeded
 from fedcrm.protocol import ROWS_KEY, StatisticsOrder, StatisticsReply, TaskSchema, load_task_schema, stat_key
-from tests.federation import TELCO_TASK, approve_task, copy_partners, forbid_customer_data, fresh_partner, spend_earlier
+from tests.federation import TELCO_TASK, add_dp_required_purpose, approve_task, copy_partners, forbid_customer_data, fresh_partner, spend_earlier
 
 #: Public domain bounds of the Telco task's numeric features (what a task author would declare).
 BOUNDS = {"tenure_months": (0, 72), "monthly_charges": (0, 150), "total_charges": (0, 9000)}
@@ -180,13 +180,7 @@ def test_a_noised_release_without_public_bounds_fails_naming_the_features(partne
 
 
 def test_a_purpose_that_requires_dp_noises_the_statistics_unasked(partner: Path, tmp_path: Path) -> None:
-    vocab = partner.parent / "private-purpose.yaml"
-    vocab.write_text("purposes:\n- key: churn_private\n  name: Churn prediction under DP\n"
-                     "  legal_basis: legitimate_interest\n  retention_days: 365\n"
-                     "  data_categories: [user.behavior.service_subscription, user.financial, user.demographic.age_range,"
-                     " user.demographic.household]\n"
-                     "  privacy: {differential_privacy: required, epsilon_budget: 4.0, period: quarter}\n")
-    partner.write_text('vocabulary = ["private-purpose.yaml"]\n' + partner.read_text())
+    add_dp_required_purpose(partner)
     task_file = tmp_path / "task.yaml"
     task_file.write_text(bounded_task_file(tmp_path).read_text().replace("purpose: churn_prediction",
                                                                         "purpose: churn_private"))
