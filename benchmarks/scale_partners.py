@@ -404,8 +404,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "**Machines and load differ between rows.** Each row is one run on a 2-core machine, on the date and "
         "commit its *measured* column gives; the earlier rows ran while other tests and benchmarks shared the "
-        "cores (load average in the table) and on a slower CPU (the ledger's SHA-256 floor was 3.6 s there, "
-        "1.6 s on the machine of the 2026-12-02 16:00 rows). Wall times are inflated by the load; compare "
+        "cores (load average in the table), some on slower CPUs (docs/benchmarks-ledger.md's SHA-256 floor "
+        "differed twofold between these machines). Wall times are inflated by the load; compare "
         "CPU seconds, and only between rows measured together.",
         "",
         "| partners | rows each | actors | rounds | outcome | total wall (s) | round walls (s) | tree CPU (s) | "
