@@ -124,6 +124,7 @@ def check_log(
     trusted: cp.Checkpoint | None = None,
     head_check: Any = None,
     after: Any = None,
+    start: TreeFrontier | None = None,
 ) -> VerificationReport:
     """Check entries (ordered by index) against signed heads.
 
@@ -139,13 +140,18 @@ def check_log(
         compared, returning why the head itself is bad (bad signature, altered row) or None.
     after: ``callable() -> tuple[failure, index, message] | None`` run once the tree
         verified (derived-table checks); its problem becomes the report.
+    start: the tree of entries already proven (by this process, against an earlier signed
+        root): ``rows`` then begin at its size, and only they are checked and hashed onto it
+        (in place: pass a copy; it holds the whole tree afterwards).
     """
-    frontier = TreeFrontier()
+    if start is not None and trusted is not None:
+        raise ValueError("check_log: a trusted head needs every leaf (no start frontier)")
+    frontier = TreeFrontier() if start is None else start
     keep = [] if trusted is not None else None  # leaf hashes, only for the RFC consistency proof
     head_iter: Iterator[HeadRow | tuple[int, bytes]] = iter(heads)
     next_head = next(head_iter, None)
-    proven = 0
-    expected = 0
+    proven = frontier.size
+    expected = frontier.size
 
     def pass_heads() -> None:
         nonlocal next_head, proven

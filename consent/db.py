@@ -198,15 +198,16 @@ def _private_sqlite_file(database: str | None) -> None:
 _STREAM = 20_000
 
 
-def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[LeafRow], Iterator[HeadRow]]:
+def stream_rows(conn: Connection, upto: int | None = None, since: int = 0) -> tuple[Iterator[LeafRow], Iterator[HeadRow]]:
     """Entries (with their payloads and derived columns) and heads, each ordered, streamed.
 
     Three ordered scans merged in Python instead of a join: a join would repeat the
     entry per payload and is slower on both engines for a full pass. ``upto`` limits
-    entries and payloads to indexes below it (the gate's read). Heads are read lazily.
+    entries and payloads to indexes below it (the gate's read), ``since`` to indexes at or
+    above it (the gate extending what it verified before). Heads are read lazily.
     """
     if conn.dialect.name == "sqlite":
-        return _sqlite_rows(conn, upto), _heads(conn)
+        return _sqlite_rows(conn, upto, since), _heads(conn)
     e, p = LogEntry.__table__, PersonalPayload.__table__
     # yield_per on each statement, not on the connection: Connection.execution_options changes the
     # connection itself, and the gate writes on this one (server-side cursors cannot executemany).
@@ -214,6 +215,8 @@ def stream_rows(conn: Connection, upto: int | None = None) -> tuple[Iterator[Lea
     pq = select(p.c.idx, p.c.field, p.c.salt, p.c.value).order_by(p.c.idx, p.c.field)
     if upto is not None:
         eq, pq = eq.where(e.c.idx < upto), pq.where(p.c.idx < upto)
+    if since:
+        eq, pq = eq.where(e.c.idx >= since), pq.where(p.c.idx >= since)
     entries = conn.execute(eq.execution_options(yield_per=_STREAM))
     payloads = conn.execute(pq.execution_options(yield_per=_STREAM))
 
@@ -246,7 +249,7 @@ def _heads(conn: Connection) -> Iterator[HeadRow]:
         yield HeadRow(size, root, note, frontier)
 
 
-def _sqlite_rows(conn: Connection, upto: int | None) -> Iterator[LeafRow]:
+def _sqlite_rows(conn: Connection, upto: int | None, since: int = 0) -> Iterator[LeafRow]:
     """:func:`stream_rows`' entries on SQLite through raw DBAPI cursors (same rows, same order).
 
     SQLAlchemy's result rows cost more than the checks themselves at a million entries;
@@ -254,8 +257,9 @@ def _sqlite_rows(conn: Connection, upto: int | None) -> Iterator[LeafRow]:
     transaction and snapshot) fetch the same two ordered scans, merged here.
     """
     dbapi = conn.connection.driver_connection
-    limit = "" if upto is None else " WHERE idx < ?"
-    args = () if upto is None else (int(upto),)
+    bounds = ([("idx < ?", int(upto))] if upto is not None else []) + ([("idx >= ?", int(since))] if since else [])
+    limit = (" WHERE " + " AND ".join(b for b, _ in bounds)) if bounds else ""
+    args = tuple(v for _, v in bounds)
     entries = dbapi.cursor()
     entries.arraysize = _STREAM
     entries.execute(f"SELECT idx, public_json, leaf_hash, kind, fingerprint FROM {LogEntry.__tablename__}{limit} "

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, delete, or_, select
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent.db import KeyRotation, LogEntry, PersonalPayload, SubjectSetMember
 from fedcrm.consent.events import ErasureEvent, leaf_kind, mapping_fingerprint, subject_fingerprint, suppression_hash
+from fedcrm.consent.verified import forget as forget_verified
 from fedcrm.errors import LedgerIntegrityError
 
 if TYPE_CHECKING:
@@ -124,4 +125,5 @@ def erase_subject(ledger: Ledger, subject: str, *, request_id: str = "erasure") 
         index = txn.tree_size()
         txn.append([event])
     assert txn.checkpoint is not None
+    forget_verified()  # this process's kept consent columns held the erased pseudonyms: the next gate reads anew
     return ErasureResult(index, len(erased), len(sets), rotation_rows, len(aliases), txn.checkpoint)

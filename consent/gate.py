@@ -23,12 +23,14 @@ import pyarrow.compute as pc
 
 from fedcrm.consent.events import RefusalEvent, UsageEvent, suppression_hash
 from fedcrm.consent.integrity import paused_gc
-from fedcrm.consent.policy import check_category, covered_mask
+from fedcrm.consent.policy import PurposeEvents, check_category, rule_key
 from fedcrm.consent.taxonomy import Vocabulary, default_vocabulary
+from fedcrm.consent.verified import forget as forget_verified
 from fedcrm.errors import ConsentError, PurposeNotAllowed
 
 if TYPE_CHECKING:
     from fedcrm.consent.ledger import Ledger
+    from fedcrm.consent.verified import VerifiedConsents
 
 __all__ = ["SUBJECT", "ConsentedView", "UsageContext", "clear_subject_memo", "gate", "record_reuse"]
 
@@ -302,15 +304,15 @@ def gate(
     unique = values if distinct.unique is None else distinct.unique
     with paused_gc(), ledger.transaction() as txn:  # a record per receipt and per subject, none cyclic
         size = txn.tree_size()
-        # Fail closed: every leaf below `size` re-hashed and proven against the signed root,
-        # kinds taken from the hashed text, payloads and rotation rows checked (else it raises).
-        history = txn.history()
-        events = ledger._consent_events(history, size, None)
-        allowed = covered_mask(events, unique, purpose=purpose, categories=categories.values(), at=at,
-                               tree_size=size, vocabulary=vocab, locate=lambda named: distinct.locate(unique, named))
-        if history.suppressed:
+        # Fail closed: every leaf below `size` proven against the signed root (in a long-lived process: the entries
+        # appended since it last proved the log, hashed onto the tree it proved then), kinds taken from the hashed
+        # text, payloads and rotation rows checked (else it raises).
+        verified = txn.verified()
+        allowed = distinct.covered(unique, verified, purpose=purpose, categories=tuple(categories.values()), at=at,
+                                   tree_size=size, vocabulary=vocab)
+        if verified.suppressed:
             # Erased subjects stay out for good under this key, whatever the receipts say.
-            allowed &= ~distinct.suppressed(unique, history.suppressed)
+            allowed = allowed & ~distinct.suppressed(unique, verified.suppressed)
         covered = _Covered(unique, distinct.order[allowed[distinct.order]])  # sorted; values taken when read
         positions = np.flatnonzero(allowed if distinct.codes is None else allowed[distinct.codes])
         kept = frame.select([SUBJECT, *requested]) if arrow else \
@@ -429,6 +431,10 @@ class _Distinct:
     _prefixes: np.ndarray | None = field(default=None, repr=False)  #: first 64 bits of each suppression hash
     #: digest of a covered mask -> its subject fingerprint (a round whose gate keeps the same subjects hashes nothing)
     _fingerprints: OrderedDict[bytes, str] = field(default_factory=OrderedDict, repr=False)
+    #: (history version, purpose rules, PurposeEvents.state) -> the covered mask (read-only)
+    _masks: OrderedDict[tuple[object, ...], np.ndarray] = field(default_factory=OrderedDict, repr=False)
+    #: history generation -> (the receipts table, positions of its subjects among the distinct values)
+    _located: dict[int, tuple[PurposeEvents, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def fingerprint(self, allowed: np.ndarray, covered: _Covered) -> str:
         """``events.subject_fingerprint`` of the covered subjects, memoised by the mask that picked them."""
@@ -438,6 +444,32 @@ class _Distinct:
             found = self._fingerprints[key] = _sorted_fingerprint(covered.values())
             while len(self._fingerprints) > 4:
                 self._fingerprints.popitem(last=False)
+        return found
+
+    def covered(self, unique: pa.Array, verified: VerifiedConsents, *, purpose: str, categories: tuple[str, ...],
+                at: datetime, tree_size: int, vocabulary: Vocabulary) -> np.ndarray:
+        """The policy's covered mask over the distinct values (read-only), memoised.
+
+        The mask is a function of the receipts (the history's version), the purpose's rules in
+        the vocabulary, and the consent-as-of time only through which receipts are effective and
+        which grants expired by then (``PurposeEvents.state``): a round whose gate reads the same
+        receipts at a time that crosses none of their times reuses the last mask. Positions of the
+        receipts' subjects among the distinct values are memoised per receipts table.
+        """
+        events = verified.purpose_events(purpose)
+        key = (verified.version, rule_key(purpose, categories, vocabulary), events.state(at, tree_size))
+        found = self._masks.get(key)
+        if found is None:
+            located = self._located.get(verified.version[0])
+            if located is None or located[0] is not events:
+                located = (events, self.locate(unique, events.subject))
+                self._located = {verified.version[0]: located}
+            found = events.mask(located[1], len(unique), categories=categories, at=at, tree_size=tree_size,
+                                vocabulary=vocabulary)
+            found.setflags(write=False)
+            self._masks[key] = found
+            while len(self._masks) > 4:
+                self._masks.popitem(last=False)
         return found
 
     def locate(self, unique: pa.Array, named: pa.Array) -> np.ndarray:
@@ -455,12 +487,20 @@ class _Distinct:
             return out
         offsets = _offsets(unique)
         table = np.frombuffer(unique.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(f"S{self.width}")
-        names = np.asarray(named.to_pylist(), dtype=object)
-        fits = np.fromiter((len(v.encode()) == self.width and "\x00" not in v for v in names), dtype=bool,
-                           count=len(names))
-        if not fits.any():
-            return out
-        wanted = np.array([v.encode() for v in names[fits]], dtype=f"S{self.width}")
+        named = named.cast(pa.large_string()) if named.type != pa.large_string() else named
+        if len(named) and named.null_count == 0 and _fixed_width(named) == self.width:
+            # Every name has the width (pseudonyms of this key): its bytes are searched in place, zero copy.
+            name_offsets = _offsets(named)
+            fits = np.ones(len(named), dtype=bool)
+            wanted = np.frombuffer(named.buffers()[2], dtype=np.uint8)[name_offsets[0] : name_offsets[-1]].view(
+                f"S{self.width}")
+        else:
+            names = np.asarray(named.to_pylist(), dtype=object)
+            fits = np.fromiter((v is not None and len(v.encode()) == self.width and "\x00" not in v for v in names),
+                               dtype=bool, count=len(names))
+            if not fits.any():
+                return out
+            wanted = np.array([v.encode() for v in names[fits]], dtype=f"S{self.width}")
         at = np.searchsorted(table, wanted, sorter=self.order)
         at = np.minimum(at, len(self.order) - 1)
         candidate = self.order[at]
@@ -486,8 +526,9 @@ _MAX_MEMO = 8
 
 
 def clear_subject_memo() -> None:
-    """Forget what the gate derived from subject columns (an erasure; tests)."""
+    """Forget what the gate derived from subject columns and kept of proven consent logs (an erasure; tests)."""
     _MEMO.clear()
+    forget_verified()
 
 
 def _distinct(values: pa.Array) -> _Distinct:

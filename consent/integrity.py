@@ -41,10 +41,11 @@ from sqlalchemy import Connection, select
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent.bundle import LeafRow, check_log
 from fedcrm.consent.db import KeyRotation, SubjectSetMember, stream_rows
+from fedcrm.consent.merkle import TreeFrontier
 from fedcrm.consent.events import PERSONAL_FIELDS, PseudonymGraph, leaf_kind, mapping_fingerprint, pseudonym_key_id
 from fedcrm.errors import LedgerIntegrityError
 
-__all__ = ["ConsentFacts", "History", "LogFacts", "Problem", "paused_gc", "read_history"]
+__all__ = ["ConsentFacts", "History", "LogFacts", "Problem", "parsed_consents", "paused_gc", "proven_facts", "read_history"]
 
 _S, _K = SubjectSetMember.__table__, KeyRotation.__table__
 
@@ -269,12 +270,23 @@ def read_history(conn: Connection, size: int, root_hash: bytes) -> History:
 
 
 def _read(conn: Connection, size: int, root_hash: bytes) -> History:
-    """Entries below ``size``, proven against ``root_hash`` (a signed root), as the gate reads them.
+    """Entries below ``size``, proven against ``root_hash`` (a signed root), as the gate reads them (see
+    :func:`proven_facts`)."""
+    facts, edges = proven_facts(conn, size, root_hash)
+    return History(_consent_facts(facts.consents), PseudonymGraph(edges), facts.suppressed())
+
+
+def proven_facts(conn: Connection, size: int, root_hash: bytes, *,
+                 start: TreeFrontier | None = None) -> tuple[LogFacts, list[tuple[str, str]]]:
+    """The consent texts (with their pseudonyms) and rotation edges of the entries below ``size``, proven.
 
     Raises :class:`LedgerIntegrityError` naming the first bad index if any leaf, payload,
     kind, rotation row or erasure disagrees with the tree: the gate never runs on a
     history that ``verify`` would reject (subject sets are written, not read, by the gate
-    and are left to ``verify``).
+    and are left to ``verify``). With ``start`` (the tree of the entries below its size, proven
+    by this process before) only the entries from its size on are read, checked and hashed onto
+    it, in place (pass a copy). Such a read proves no erasure or rotation entry: where the new
+    entries hold one (``facts.erasures``, ``facts.rotations``), the caller reads the whole log.
     """
     from fedcrm.consent.verify_log import verify_sqlite  # verify_log builds on this module
 
@@ -282,6 +294,9 @@ def _read(conn: Connection, size: int, root_hash: bytes) -> History:
     edges: list[tuple[str, str]] = []
 
     def derived() -> Problem | None:
+        if start is not None:  # new entries only: what they say of older ones needs the whole log
+            return facts.kind_bad or facts.fingerprint_bad or (None if facts.erasures or facts.rotations
+                                                               else facts.payload_problem())
         for p in (facts.kind_bad, facts.fingerprint_bad, facts.payload_problem()):
             if p is not None:
                 return p
@@ -290,31 +305,32 @@ def _read(conn: Connection, size: int, root_hash: bytes) -> History:
         return p
 
     head = cp.Checkpoint(origin="", size=size, root_hash=root_hash, note="")
-    # SQLite: verify's block check, which vouches only for what check_log would pass (plain consent blocks
-    # in one piece, everything else entry by entry with the reference's own functions); on anything it
-    # does not vouch for, the reference below re-reads the log and gives the verdict.
-    report = verify_sqlite(conn, [], head, facts, after=derived) if conn.dialect.name == "sqlite" else None
+    report = None
+    if start is None and conn.dialect.name == "sqlite":
+        # SQLite: verify's block check, which vouches only for what check_log would pass (plain consent blocks
+        # in one piece, everything else entry by entry with the reference's own functions); on anything it
+        # does not vouch for, the reference below re-reads the log and gives the verdict.
+        report = verify_sqlite(conn, [], head, facts, after=derived)
     if report is None:
         facts = LogFacts(keep_consents=True)
         edges.clear()
-        rows, _ = stream_rows(conn, upto=size)
+        rows, _ = stream_rows(conn, upto=size, since=0 if start is None else start.size)
         with closing(rows):  # closed here, on its connection, even when the check stops at a bad entry
-            report = check_log(facts.observe(rows), [], head, after=derived)
+            report = check_log(facts.observe(rows), [], head, after=derived, start=start)
     if not report.ok:
         where = f" at index {report.first_bad_index}" if report.first_bad_index is not None else ""
         raise LedgerIntegrityError(
             f"the consent log does not verify{where}: {report.message}. The gate refuses to read it; "
             "run `fedcrm consent verify` and restore the ledger from a backup"
         )
-    return History(_consent_facts(facts.consents), PseudonymGraph(edges), facts.suppressed())
+    return facts, edges
 
 
-def _consent_facts(kept: list[tuple[int, str, str]], chunk: int = 4096) -> list[tuple[int, ConsentFacts]]:
-    """The verified consent texts parsed, a chunk per ``json.loads`` of a JSON array (a third less CPU than one
-    call per text); a chunk whose objects do not come back one per text, each with its own index, is parsed
-    text by text, as the reference does."""
-    times = _Times()
-    out: list[tuple[int, ConsentFacts]] = []
+def parsed_consents(kept: list[tuple[int, str, str]],
+                    chunk: int = 4096) -> Iterator[tuple[list[dict[str, Any]], list[tuple[int, str, str]]]]:
+    """The verified consent texts ``(index, text, pseudonym)`` parsed, a chunk per ``json.loads`` of a JSON array (a
+    third less CPU than one call per text), each chunk with its parsed objects; a chunk whose objects do not come
+    back one per text, each with its own index, is parsed text by text, as the reference does."""
     for lo in range(0, len(kept), chunk):
         part = kept[lo : lo + chunk]
         try:
@@ -324,6 +340,14 @@ def _consent_facts(kept: list[tuple[int, str, str]], chunk: int = 4096) -> list[
         if (not isinstance(parsed, list) or len(parsed) != len(part)
                 or not all(isinstance(d, dict) and d.get("index") == idx for d, (idx, _, _) in zip(parsed, part))):
             parsed = [json.loads(text) for _, text, _ in part]
+        yield parsed, part
+
+
+def _consent_facts(kept: list[tuple[int, str, str]]) -> list[tuple[int, ConsentFacts]]:
+    """The verified consent texts parsed into light records (:func:`parsed_consents`)."""
+    times = _Times()
+    out: list[tuple[int, ConsentFacts]] = []
+    for parsed, part in parsed_consents(kept):
         out += [(idx, ConsentFacts(d["receipt_id"], subject, d["purpose"], d["category"], d["action"], d["legal_basis"],
                                    times[d["effective_at"]], times[d["recorded_at"]], d["source"], d["notice_version"],
                                    times[d.get("expires_at")]))

@@ -47,6 +47,7 @@ from fedcrm.consent.events import (
     to_leaf,
 )
 from fedcrm.consent.integrity import ConsentFacts, History, LogFacts, Problem, read_history
+from fedcrm.consent.verified import VerifiedConsents, read_verified
 from fedcrm.consent.verify_log import verify_sqlite
 from fedcrm.errors import CheckpointError, ConsentError, LedgerIntegrityError, LedgerNotFound, SigningKeyError
 
@@ -108,6 +109,14 @@ class LedgerTxn:
         disagrees with the signed tree (see :func:`fedcrm.consent.integrity.read_history`).
         """
         return read_history(self._conn, self._frontier.size, self._frontier.root())
+
+    def verified(self) -> VerifiedConsents:
+        """The consent history so far as the gate reads it (columns), proven against the tree.
+
+        Like :meth:`history`, fail closed; in a long-lived process only the entries appended since
+        this process last proved the log are read and hashed (``fedcrm.consent.verified``).
+        """
+        return read_verified(self._conn, self._frontier)
 
     def append(self, events: Sequence[Any]) -> None:
         """Append events (models or dicts) in order; nothing is written if one is invalid."""

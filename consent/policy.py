@@ -40,12 +40,15 @@ __all__ = [
     "ConsentLike",
     "Coverage",
     "Decision",
+    "PurposeEvents",
     "Rule",
     "check_category",
     "covered_mask",
     "evaluate",
     "evaluate_subjects",
+    "micros",
     "require_categories",
+    "rule_key",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -92,11 +95,12 @@ class Decision:
     event_index: int | None = None
 
 
-def _micros(when: datetime) -> int:
+def micros(when: datetime) -> int:
     """Exact integer microseconds since the epoch (no float rounding at the boundaries)."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"timestamp {when.isoformat()} has no time zone; consent times must be tz-aware")
     return (when - _EPOCH) // _US
+
 
 
 def check_category(purpose: str, category: str, *, vocabulary: Vocabulary | None = None) -> Decision:
@@ -156,7 +160,7 @@ def _relevant(
             continue
         if ev.purpose != purpose or ev.category not in ancestors:
             continue
-        eff = _micros(ev.effective_at)
+        eff = micros(ev.effective_at)
         if eff <= at_us:
             keep.append((eff, index, ev))
     keep.sort(key=lambda t: (t[0], t[1]))
@@ -187,7 +191,7 @@ def evaluate(
     if not scope.allowed:
         return Decision(False, purpose, category, scope.rule, scope.reason, subject)
     basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
-    at_us = _micros(at)
+    at_us = micros(at)
     rel = _relevant(events, purpose, vocab.ancestors(category), at_us, tree_size, subject)
 
     last_w = None
@@ -196,7 +200,7 @@ def evaluate(
             last_w = (eff, index, ev)
     later = [t for t in rel if last_w is None or (t[0], t[1]) > (last_w[0], last_w[1])]
     grants = [t for t in later if t[2].action == "grant" and t[2].legal_basis == basis.key]
-    in_force = [t for t in grants if t[2].expires_at is None or _micros(t[2].expires_at) > at_us]
+    in_force = [t for t in grants if t[2].expires_at is None or micros(t[2].expires_at) > at_us]
 
     def decide(allowed: bool, rule: str, reason: str, index: int | None) -> Decision:
         return Decision(allowed, purpose, category, rule, reason, subject, index)
@@ -272,24 +276,120 @@ class Coverage:
         return last
 
 
-def _frame(events: Sequence[tuple[int, ConsentLike]], purpose: str) -> pd.DataFrame:
-    """The purpose's events as columns (one pass over the objects, then array operations)."""
-    rows = [
-        (
-            index,
-            ev.subject,
-            ev.category,
-            ev.action == "withdraw",
-            ev.legal_basis,
-            _micros(ev.effective_at),
-            _NEVER if ev.expires_at is None else _micros(ev.expires_at),
-        )
-        for index, ev in events
-        if ev.purpose == purpose
-    ]
-    cols = ["index", "subject", "category", "withdraw", "basis", "eff", "exp"]
-    frame = pd.DataFrame.from_records(rows, columns=cols)
-    return frame.astype({"index": "int64", "withdraw": "bool", "eff": "int64", "exp": "int64"})
+@dataclass(frozen=True, eq=False)
+class PurposeEvents:
+    """One purpose's consent events as columns, sorted by (effective time, ledger index): what the mask reads.
+
+    Built once per consent history and purpose: the gate keeps it while the history it read is
+    unchanged, so a round evaluates a million subjects without touching an event object. The
+    decisions depend on the consent-as-of time only through which events are effective and which
+    grants have expired by then, i.e. through :meth:`state`: two times with the same state give
+    the same mask.
+    """
+
+    purpose: str
+    index: np.ndarray  #: int64 ledger index
+    subject: pa.Array  #: large_string pseudonym (the newest, across key rotations)
+    category: np.ndarray  #: int64 code into ``categories``
+    categories: tuple[str, ...]
+    withdraw: np.ndarray  #: bool
+    basis: np.ndarray  #: int64 code into ``bases``
+    bases: tuple[str, ...]
+    eff: np.ndarray  #: int64 microseconds, ascending
+    exp: np.ndarray  #: int64 microseconds (``_NEVER``: no expiry)
+    _exp_sorted: np.ndarray = field(repr=False)
+    _index_sorted: np.ndarray = field(repr=False)
+
+    @classmethod
+    def from_arrays(cls, purpose: str, *, index: np.ndarray, subject: pa.Array, category: np.ndarray,
+                    categories: Sequence[str], withdraw: np.ndarray, basis: np.ndarray, bases: Sequence[str],
+                    eff: np.ndarray, exp: np.ndarray) -> PurposeEvents:
+        """The events of ``purpose`` given as aligned columns (any order); they are sorted here."""
+        index = np.asarray(index, dtype=np.int64)
+        eff = np.asarray(eff, dtype=np.int64)
+        order = np.lexsort((index, eff))
+        take = pa.array(order, type=pa.int64())
+        values = subject.cast(pa.large_string()) if subject.type != pa.large_string() else subject
+        exp = np.asarray(exp, dtype=np.int64)[order]
+        return cls(purpose, index[order], values.take(take), np.asarray(category, dtype=np.int64)[order],
+                   tuple(categories), np.asarray(withdraw, dtype=bool)[order], np.asarray(basis, dtype=np.int64)[order],
+                   tuple(bases), eff[order], exp, np.sort(exp), np.sort(index))
+
+    @classmethod
+    def from_events(cls, events: Sequence[tuple[int, ConsentLike]], purpose: str) -> PurposeEvents:
+        """The purpose's events among ``(index, event)`` pairs (one pass over the objects)."""
+        rows = [(index, ev.subject, ev.category, ev.action == "withdraw", ev.legal_basis, micros(ev.effective_at),
+                 _NEVER if ev.expires_at is None else micros(ev.expires_at))
+                for index, ev in events if ev.purpose == purpose]
+        index, subject, category, withdraw, basis, eff, exp = (list(c) for c in zip(*rows)) if rows else ([],) * 7
+        cat_codes, cat_keys = pd.factorize(np.asarray(category, dtype=object))
+        basis_codes, basis_keys = pd.factorize(np.asarray(basis, dtype=object))
+        return cls.from_arrays(purpose, index=np.asarray(index, dtype=np.int64),
+                               subject=pa.array(subject, type=pa.large_string()), category=cat_codes,
+                               categories=[str(k) for k in cat_keys], withdraw=np.asarray(withdraw, dtype=bool),
+                               basis=basis_codes, bases=[str(k) for k in basis_keys],
+                               eff=np.asarray(eff, dtype=np.int64), exp=np.asarray(exp, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def state(self, at: datetime, tree_size: int | None = None) -> tuple[int, int, int]:
+        """(events effective by ``at``, grants expired by ``at``, events below ``tree_size``): equal states, equal masks."""
+        at_us = micros(at)
+        below = len(self) if tree_size is None else int(np.searchsorted(self._index_sorted, tree_size, side="left"))
+        return (int(np.searchsorted(self.eff, at_us, side="right")),
+                int(np.searchsorted(self._exp_sorted, at_us, side="right")), below)
+
+    def positions(self, subjects: pa.Array) -> np.ndarray:
+        """Position in ``subjects`` (distinct pseudonyms) of each event's subject; -1 where absent (a hash probe)."""
+        values = subjects.cast(pa.large_string()) if subjects.type != pa.large_string() else subjects
+        hits = np.flatnonzero(np.asarray(pc.is_in(values, value_set=pc.unique(self.subject)).fill_null(False),
+                                         dtype=bool))
+        found = np.asarray(pc.index_in(self.subject, value_set=values.take(pa.array(hits, type=pa.int64())))
+                           .fill_null(-1), dtype=np.int64)
+        return np.where(found >= 0, hits[np.maximum(found, 0)] if len(hits) else -1, -1)
+
+    def mask(self, where: np.ndarray, n: int, *, categories: Iterable[str], at: datetime,
+             tree_size: int | None = None, vocabulary: Vocabulary | None = None) -> np.ndarray:
+        """Which of ``n`` distinct subjects are covered for every category; ``where`` from :meth:`positions`."""
+        vocab = vocabulary or default_vocabulary()
+        cats = tuple(dict.fromkeys(categories))
+        require_categories(self.purpose, {c: c for c in cats}, vocabulary=vocab)
+        basis = vocab.legal_basis(vocab.purpose(self.purpose).legal_basis)
+        at_us = micros(at)
+        live = np.arange(len(self)) < int(np.searchsorted(self.eff, at_us, side="right"))  # eff <= at: a prefix
+        if tree_size is not None:
+            live &= self.index < tree_size
+        mine = live & (where >= 0)
+        pos = where[mine]
+        order = np.flatnonzero(mine)  # rank in (eff, index) order: "later than" compares these
+        withdraw = self.withdraw[mine]
+        wanted_basis = [i for i, key in enumerate(self.bases) if key == basis.key]
+        grant_ok = ~withdraw & np.isin(self.basis[mine], wanted_basis) & (self.exp[mine] > at_us)
+        codes = self.category[mine]
+        allowed = np.ones(n, dtype=bool)
+        for category in cats:
+            ancestors = set(vocab.ancestors(category))
+            rel = np.isin(codes, [i for i, key in enumerate(self.categories) if key in ancestors])
+            last_w = np.full(n, -1, dtype=np.int64)
+            w = rel & withdraw
+            np.maximum.at(last_w, pos[w], order[w])
+            g = rel & grant_ok
+            later = order[g] > last_w[pos[g]]
+            covered = np.zeros(n, dtype=bool)
+            covered[pos[g][later]] = True
+            if basis.coverage == "opt_out":
+                covered |= last_w < 0
+            allowed &= covered
+        return allowed
+
+
+def rule_key(purpose: str, categories: Iterable[str], vocabulary: Vocabulary | None = None) -> tuple[object, ...]:
+    """What of the vocabulary a mask depends on: the purpose's basis, its coverage and each category's ancestors."""
+    vocab = vocabulary or default_vocabulary()
+    basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
+    return (purpose, basis.key, basis.coverage,
+            tuple((c, tuple(sorted(vocab.ancestors(c)))) for c in dict.fromkeys(categories)))
 
 
 def evaluate_subjects(
@@ -340,48 +440,7 @@ def covered_mask(
     the events' subjects (an Arrow array) to their positions in ``subjects`` (-1: absent); the
     gate passes a binary search over its memoised sort order.
     """
-    vocab = vocabulary or default_vocabulary()
-    cats = tuple(dict.fromkeys(categories))
-    require_categories(purpose, {c: c for c in cats}, vocabulary=vocab)
-    basis = vocab.legal_basis(vocab.purpose(purpose).legal_basis)
-    at_us = _micros(at)
     values = subjects.cast(pa.large_string()) if subjects.type != pa.large_string() else subjects
-
-    frame = _frame(events, purpose)
-    keep = frame["eff"].to_numpy() <= at_us
-    if tree_size is not None:
-        keep &= frame["index"].to_numpy() < tree_size
-    frame = frame[keep].sort_values(["eff", "index"], kind="stable")
-
-    named = pa.array(np.asarray(frame["subject"], dtype=object), type=pa.large_string())
-    if locate is not None:
-        where = np.asarray(locate(named), dtype=np.int64)
-    else:
-        hits = np.flatnonzero(np.asarray(pc.is_in(values, value_set=pc.unique(named)).fill_null(False), dtype=bool))
-        found = np.asarray(pc.index_in(named, value_set=values.take(pa.array(hits, type=pa.int64()))).fill_null(-1),
-                           dtype=np.int64)
-        where = np.where(found >= 0, hits[np.maximum(found, 0)] if len(hits) else -1, -1)
-    mine = where >= 0
-    pos = where[mine]
-    order = np.arange(len(frame), dtype=np.int64)[mine]
-    withdraw = frame["withdraw"].to_numpy()[mine]
-    grant_ok = ~withdraw & (np.asarray(frame["basis"], dtype=object)[mine] == basis.key)
-    grant_ok &= frame["exp"].to_numpy()[mine] > at_us
-    codes, uniques = pd.factorize(np.asarray(frame["category"], dtype=object)[mine])
-
-    n = len(values)
-    allowed = np.ones(n, dtype=bool)
-    for category in cats:
-        ancestors = set(vocab.ancestors(category))
-        rel = np.isin(codes, [i for i, key in enumerate(uniques) if key in ancestors])
-        last_w = np.full(n, -1, dtype=np.int64)
-        w = rel & withdraw
-        np.maximum.at(last_w, pos[w], order[w])
-        g = rel & grant_ok
-        later = order[g] > last_w[pos[g]]
-        covered = np.zeros(n, dtype=bool)
-        covered[pos[g][later]] = True
-        if basis.coverage == "opt_out":
-            covered |= last_w < 0
-        allowed &= covered
-    return allowed
+    table = PurposeEvents.from_events(events, purpose)
+    where = table.positions(values) if locate is None else np.asarray(locate(table.subject), dtype=np.int64)
+    return table.mask(where, len(values), categories=categories, at=at, tree_size=tree_size, vocabulary=vocabulary)

@@ -29,6 +29,7 @@ from fedcrm.consent.cli_log import register
 from fedcrm.consent.events import canonical_json
 from fedcrm.consent.gate import UsageContext, gate
 from fedcrm.consent.ledger import Ledger
+from fedcrm.consent.verified import forget as forget_verified
 from fedcrm.consent.subject import subject_report
 from fedcrm.errors import LedgerIntegrityError
 from tests.raw_sql import raw_sql
@@ -75,7 +76,16 @@ def verdict(ledger: Ledger, failure: str, index: int | None, fragment: str, **kw
 
 
 def gate_refuses(world: SimpleNamespace) -> None:
-    """The withdrawn customer stays out: the gate refuses to read a history verify rejects."""
+    """The withdrawn customer stays out.
+
+    This process proved the log before the tamper (the world's gate): its gate decides on that proven
+    copy, or refuses. A new process holds no proven copy: its gate refuses a history verify rejects.
+    """
+    try:
+        assert world.withdrawn not in run_gate(world.ledger, world.subjects)
+    except LedgerIntegrityError:
+        pass
+    forget_verified()  # what a new process starts with
     with pytest.raises(LedgerIntegrityError, match="does not verify"):
         run_gate(world.ledger, world.subjects)
 
