@@ -433,8 +433,8 @@ class _Distinct:
     _fingerprints: OrderedDict[bytes, str] = field(default_factory=OrderedDict, repr=False)
     #: (history version, purpose rules, PurposeEvents.state) -> the covered mask (read-only)
     _masks: OrderedDict[tuple[object, ...], np.ndarray] = field(default_factory=OrderedDict, repr=False)
-    #: history generation -> (the receipts table, positions of its subjects among the distinct values)
-    _located: dict[int, tuple[PurposeEvents, np.ndarray]] = field(default_factory=dict, repr=False)
+    #: the last receipts table located, and the positions of its subjects among the distinct values
+    _located: tuple[PurposeEvents, np.ndarray] | None = field(default=None, repr=False)
 
     def fingerprint(self, allowed: np.ndarray, covered: _Covered) -> str:
         """``events.subject_fingerprint`` of the covered subjects, memoised by the mask that picked them."""
@@ -460,10 +460,9 @@ class _Distinct:
         key = (verified.version, rule_key(purpose, categories, vocabulary), events.state(at, tree_size))
         found = self._masks.get(key)
         if found is None:
-            located = self._located.get(verified.version[0])
+            located = self._located
             if located is None or located[0] is not events:
-                located = (events, self.locate(unique, events.subject))
-                self._located = {verified.version[0]: located}
+                located = self._located = (events, self.locate(unique, events.subject))
             found = events.mask(located[1], len(unique), categories=categories, at=at, tree_size=tree_size,
                                 vocabulary=vocabulary)
             found.setflags(write=False)
