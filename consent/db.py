@@ -4,7 +4,7 @@ Tables: ``log_entries`` (the append-only log: index, kind, public leaf JSON, lea
 hash), ``signed_heads`` (one checkpoint per append transaction, with the tree's right
 edge so the next append needs no full scan), and the three *erasable* tables that
 hold personal data outside the tree: ``personal_payloads`` (salted values),
-``subject_sets`` (who a usage record included) and ``key_rotations`` (the
+``subject_set_chunks`` (who a usage record included, in sorted chunks) and ``key_rotations`` (the
 partner-local old -> new pseudonym mapping). ``ledger_meta`` holds the origin and key.
 The schema itself is created by the Alembic migrations in ``migrations/``.
 """
@@ -28,6 +28,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -49,7 +50,7 @@ __all__ = [
     "LogEntry",
     "PersonalPayload",
     "SignedHead",
-    "SubjectSetMember",
+    "SubjectSetChunk",
     "make_engine",
     "normalise_url",
     "read_heads",
@@ -114,12 +115,17 @@ class SignedHead(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class SubjectSetMember(Base):
-    """One pseudonym of a usage record's subject set (erasable; stored once per fingerprint)."""
+class SubjectSetChunk(Base):
+    """A chunk of a usage record's subject set: sorted pseudonyms joined by newlines (erasable; see ``subject_sets``)."""
 
-    __tablename__ = "subject_sets"
+    __tablename__ = "subject_set_chunks"
+    __table_args__ = (Index("ix_subject_set_chunks_last_first", "last", "first"),)
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    subject: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first: Mapped[bytes] = mapped_column(LargeBinary)  #: UTF-8 of the chunk's first member
+    last: Mapped[bytes] = mapped_column(LargeBinary)  #: UTF-8 of its last member
+    size: Mapped[int] = mapped_column(Integer)
+    members: Mapped[bytes] = mapped_column(LargeBinary)  #: last: SQLite reads the columns before it without the blob
 
 
 class KeyRotation(Base):

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, delete, or_, select
+from sqlalchemy import delete, or_, select
 
 from fedcrm.consent import checkpoint as cp
-from fedcrm.consent.db import KeyRotation, LogEntry, PersonalPayload, SubjectSetMember
-from fedcrm.consent.events import ErasureEvent, leaf_kind, mapping_fingerprint, subject_fingerprint, suppression_hash
+from fedcrm.consent import subject_sets
+from fedcrm.consent.db import KeyRotation, LogEntry, PersonalPayload
+from fedcrm.consent.events import ErasureEvent, leaf_kind, mapping_fingerprint, suppression_hash
 from fedcrm.consent.verified import forget as forget_verified
 from fedcrm.errors import LedgerIntegrityError
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Erased", "ErasureRequest", "ErasureResult", "erase_subject"]
 
-_E, _P, _S, _K = LogEntry.__table__, PersonalPayload.__table__, SubjectSetMember.__table__, KeyRotation.__table__
+_E, _P, _K = LogEntry.__table__, PersonalPayload.__table__, KeyRotation.__table__
 _CHUNK = 5000
 
 
@@ -74,12 +75,6 @@ def _chunks(items: list[str]) -> list[list[str]]:
     return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
 
 
-def _remaining_set(conn: Connection, fingerprint: str) -> tuple[str, int]:
-    subject = _S.c.subject.collate("C") if conn.dialect.name == "postgresql" else _S.c.subject
-    members = list(conn.execute(select(_S.c.subject).where(_S.c.fingerprint == fingerprint).order_by(subject)).scalars())
-    return subject_fingerprint(members), len(members)
-
-
 def erase_subject(ledger: Ledger, subject: str, *, request_id: str = "erasure") -> ErasureResult:
     """Erase one subject (every pseudonym across key rotations) and log it; returns what was removed.
 
@@ -95,19 +90,17 @@ def erase_subject(ledger: Ledger, subject: str, *, request_id: str = "erasure") 
             raise LedgerIntegrityError(f"erasure refused: the consent log does not verify{where}: {report.message}")
         aliases = sorted(txn.history().graph.aliases(subject))
         erased: list[int] = []
-        fingerprints: set[str] = set()
         pairs: set[tuple[str, str]] = set()
         rotation_rows = 0
         for chunk in _chunks(aliases):
             erased += conn.execute(
                 select(_P.c.idx).where((_P.c.field == "subject") & _P.c.value.in_(chunk))).scalars().all()
-            fingerprints.update(conn.execute(select(_S.c.fingerprint).where(_S.c.subject.in_(chunk))).scalars())
             touches = or_(_K.c.old_pseudonym.in_(chunk), _K.c.new_pseudonym.in_(chunk))
             pairs.update(conn.execute(select(_K.c.old_key_id, _K.c.new_key_id).where(touches)).tuples())
             conn.execute(delete(_P).where((_P.c.field == "subject") & _P.c.value.in_(chunk)))
-            conn.execute(delete(_S).where(_S.c.subject.in_(chunk)))
             rotation_rows += conn.execute(delete(_K).where(touches)).rowcount
-        sets = tuple((fp, *_remaining_set(conn, fp)) for fp in sorted(fingerprints))
+        fingerprints = subject_sets.remove_members(conn, aliases)
+        sets = tuple((fp, *subject_sets.remaining(conn, fp)) for fp in sorted(fingerprints))
         rotations = []
         if pairs:
             for idx, leaf in conn.execute(select(_E.c.idx, _E.c.public_json).where(_E.c.kind == "key_rotation")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -318,7 +318,8 @@ def gate(
         kept = frame.select([SUBJECT, *requested]) if arrow else \
             frame[[SUBJECT, *requested]].take(positions).reset_index(drop=True)
         fingerprint = distinct.fingerprint(allowed, covered)
-        txn.store_subject_set(fingerprint, covered.pylist_slices())  # read only when the set is new
+        if not txn.has_subject_set(fingerprint):  # a round that keeps the same subjects stores nothing
+            txn.store_subject_set(fingerprint, covered.values())
         txn.append([_usage_event(use, purpose, at, size, requested, len(covered), fingerprint)])
     return ConsentedView(
         _GATE_TOKEN,
@@ -413,11 +414,6 @@ class _Covered:
     def values(self) -> pa.Array:
         """The covered pseudonyms, sorted."""
         return self.unique.take(pa.array(self.index, type=pa.int64()))
-
-    def pylist_slices(self, size: int = 50_000) -> Iterator[str]:
-        """The covered pseudonyms as Python strings, sorted, a slice at a time."""
-        for lo in range(0, len(self.index), size):
-            yield from self.unique.take(pa.array(self.index[lo : lo + size], type=pa.int64())).to_pylist()
 
 
 @dataclass

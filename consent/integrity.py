@@ -10,7 +10,7 @@ stored                         must agree with
 ``log_entries.fingerprint``    the usage leaf's ``subject_fingerprint`` (NULL for other kinds)
 ``personal_payloads``          the leaf's salted hash (``bundle.check_log``); a consent leaf
                                without its payload must be listed by a later erasure leaf
-``subject_sets``               the usage leaf's fingerprint, or what the latest erasure leaf
+``subject_set_chunks``         the usage leaf's fingerprint, or what the latest erasure leaf
                                says remains of that set
 ``key_rotations``              the rotation leaf's mapping fingerprint, or what the latest
                                erasure leaf says remains of that mapping
@@ -28,7 +28,6 @@ history verify would reject.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -40,14 +39,15 @@ from sqlalchemy import Connection, select
 
 from fedcrm.consent import checkpoint as cp
 from fedcrm.consent.bundle import LeafRow, check_log
-from fedcrm.consent.db import KeyRotation, SubjectSetMember, stream_rows
+from fedcrm.consent import subject_sets
+from fedcrm.consent.db import KeyRotation, stream_rows
 from fedcrm.consent.merkle import TreeFrontier
 from fedcrm.consent.events import PERSONAL_FIELDS, PseudonymGraph, leaf_kind, mapping_fingerprint, pseudonym_key_id
 from fedcrm.errors import LedgerIntegrityError
 
 __all__ = ["ConsentFacts", "History", "LogFacts", "Problem", "parsed_consents", "paused_gc", "proven_facts", "read_history"]
 
-_S, _K = SubjectSetMember.__table__, KeyRotation.__table__
+_K = KeyRotation.__table__
 
 #: (failure, first bad index or None, message): what ``bundle.check_log`` reports.
 Problem = tuple[str, int | None, str]
@@ -182,37 +182,20 @@ class LogFacts:
             for fp, after, n in data.get("subject_sets", ()):
                 if fp in expected:
                     expected[fp] = (expected[fp][0], after, int(n))
-        subject = _S.c.subject.collate("C") if conn.dialect.name == "postgresql" else _S.c.subject
-        q = select(_S.c.fingerprint, _S.c.subject).order_by(_S.c.fingerprint, subject)
         seen: set[str] = set()
-        current: str | None = None
-        digest, count = hashlib.sha256(), 0
-
-        def close() -> Problem | None:
-            if current is None:
-                return None
-            seen.add(current)
-            if current not in expected:
-                return ("derived", None, f"subject_sets: {count} row(s) under fingerprint {current[:16]} belong to no "
-                                         "usage record in the log (rows inserted or their fingerprint edited)")
-            idx, want, n = expected[current]
-            if digest.hexdigest() != want or count != n:
-                return ("derived", idx, f"subject_sets: the stored subject set of usage entry {idx} ({count} members) "
-                                        f"does not match the fingerprint its leaf logged ({n} members): rows added, "
-                                        "edited or deleted")
-            return None
-
-        for fp, member in conn.execute(q.execution_options(yield_per=20_000)):
-            if fp != current:
-                problem = close()
-                if problem:
-                    return problem
-                current, digest, count = fp, hashlib.sha256(), 0
-            digest.update(("\n" if count else "").encode() + member.encode())
-            count += 1
-        problem = close()
-        if problem:
-            return problem
+        for stored in subject_sets.digests(conn):
+            seen.add(stored.fingerprint)
+            if stored.fingerprint not in expected:
+                return ("derived", None, f"subject_sets: {stored.size} member(s) under fingerprint "
+                                         f"{stored.fingerprint[:16]} belong to no usage record in the log "
+                                         "(rows inserted or their fingerprint edited)")
+            idx, want, n = expected[stored.fingerprint]
+            if stored.malformed is not None:
+                return ("derived", idx, f"subject_sets: the stored subject set of usage entry {idx}: {stored.malformed}")
+            if stored.digest != want or stored.size != n:
+                return ("derived", idx, f"subject_sets: the stored subject set of usage entry {idx} ({stored.size} "
+                                        f"members) does not match the fingerprint its leaf logged ({n} members): "
+                                        "members added, edited or deleted")
         for fp, (idx, _, n) in sorted(expected.items(), key=lambda kv: kv[1][0]):
             if n and fp not in seen:
                 return ("derived", idx, f"subject_sets: the subject set of usage entry {idx} ({n} members) is missing "

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, func, insert, select, text
 
 from fedcrm.consent import checkpoint as cp
-from fedcrm.consent import merkle
+from fedcrm.consent import merkle, subject_sets
 from fedcrm.consent.bundle import HeadRow, VerificationReport, check_log, coerce_trusted
 from fedcrm.consent.db import (
     KeyRotation,
@@ -29,7 +30,6 @@ from fedcrm.consent.db import (
     LogEntry,
     PersonalPayload,
     SignedHead,
-    SubjectSetMember,
     make_engine,
     read_heads,
     stream_rows,
@@ -59,7 +59,7 @@ __all__ = ["Checkpoint", "Ledger", "LedgerTxn", "StoredEvent", "VerificationRepo
 Checkpoint = cp.Checkpoint
 _CHUNK = 5000  # IN-list size: below SQLite's and Postgres's bound-parameter limits
 _E, _P, _H = LogEntry.__table__, PersonalPayload.__table__, SignedHead.__table__
-_S, _K, _M = SubjectSetMember.__table__, KeyRotation.__table__, LedgerMeta.__table__
+_K, _M = KeyRotation.__table__, LedgerMeta.__table__
 
 
 @dataclass(frozen=True)
@@ -143,18 +143,16 @@ class LedgerTxn:
         if payloads:
             self._conn.execute(insert(_P), payloads)
 
-    def store_subject_set(self, fingerprint: str, subjects: Iterable[str]) -> None:
-        """Store who a usage record included, once per fingerprint (erasable rows, outside the tree)."""
-        exists = self._conn.execute(select(_S.c.fingerprint).where(_S.c.fingerprint == fingerprint).limit(1)).first()
-        if exists is None:
-            members = sorted(set(subjects))
-            for lo in range(0, len(members), 50_000):  # in slices: a million row dicts at once cost ~1 GB
-                part = members[lo : lo + 50_000]
-                if self._conn.dialect.name == "sqlite":  # the driver's executemany: SQLAlchemy's insert costs 3x more
-                    self._conn.exec_driver_sql("INSERT INTO subject_sets (fingerprint, subject) VALUES (?, ?)",
-                                               [(fingerprint, s) for s in part])
-                else:
-                    self._conn.execute(insert(_S), [{"fingerprint": fingerprint, "subject": s} for s in part])
+    def has_subject_set(self, fingerprint: str) -> bool:
+        """Whether a subject set is stored under this fingerprint."""
+        return subject_sets.is_stored(self._conn, fingerprint)
+
+    def store_subject_set(self, fingerprint: str, subjects: pa.Array | Iterable[str]) -> None:
+        """Store who a usage record included, once per fingerprint (erasable, outside the tree).
+
+        An Arrow array must hold distinct pseudonyms already sorted (the gate's covered set).
+        """
+        subject_sets.store(self._conn, fingerprint, subjects)
 
     def _sign(self) -> None:
         if not self._dirty:
@@ -409,9 +407,7 @@ class Ledger:
         """Usage records whose stored subject set includes the subject (any of its pseudonyms)."""
         with self._engine.connect() as conn:
             aliases = sorted(self._graph(conn).aliases(subject))
-            fps: set[str] = set()
-            for chunk in _chunks(aliases):
-                fps.update(conn.execute(select(_S.c.fingerprint).where(_S.c.subject.in_(chunk))).scalars())
+            fps = subject_sets.fingerprints_including(conn, aliases)
             if not fps:
                 return []
             stored = self._stored(conn, (_E.c.kind == "usage") & _E.c.fingerprint.in_(sorted(fps)))

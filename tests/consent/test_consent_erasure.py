@@ -48,7 +48,7 @@ def test_erasure_removes_payloads_subject_sets_and_mappings_and_the_log_still_ve
 
     stored = _values(ledger_url, "SELECT value FROM personal_payloads")
     assert old2 not in stored and new2 not in stored and make.pseudonym(1) in stored
-    assert _values(ledger_url, "SELECT subject FROM subject_sets") == [make.pseudonym(1)]
+    assert _values(ledger_url, "SELECT members FROM subject_set_chunks") == [make.pseudonym(1).encode()]
     assert _values(ledger_url, "SELECT old_pseudonym FROM key_rotations") == []
     leaves = " ".join(_values(ledger_url, "SELECT public_json FROM log_entries"))
     assert old2 not in leaves and new2 not in leaves  # never there in clear

@@ -53,7 +53,7 @@ def test_failing_batch_writes_no_event_and_no_head(ledger: Ledger, ledger_url: s
             raise RuntimeError("gate crashed before commit")
     assert ledger.tree_size() == 1
     assert (_count(ledger_url, "log_entries"), _count(ledger_url, "signed_heads")) == (1, 2)
-    assert (_count(ledger_url, "personal_payloads"), _count(ledger_url, "subject_sets")) == (1, 0)
+    assert (_count(ledger_url, "personal_payloads"), _count(ledger_url, "subject_set_chunks")) == (1, 0)
     assert ledger.verify().ok
 
 
@@ -104,7 +104,7 @@ def test_usage_record_subject_sets_are_stored_once_per_fingerprint(ledger: Ledge
         with ledger.transaction() as txn:
             txn.append([make.usage(subjects, job=job)])
             txn.store_subject_set(fp, subjects)
-    assert _count(ledger_url, "subject_sets") == 5
+    assert _count(ledger_url, "subject_set_chunks") == 1  # 5 members: one chunk, written once
     assert [u.job_id for _, u in ledger.uses_including(subjects[3])] == ["a", "b"]
 
 

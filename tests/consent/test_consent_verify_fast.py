@@ -29,7 +29,7 @@ from fedcrm.consent import verify_blocks
 from fedcrm.consent.events import SALT_BYTES, canonical_json, subject_fingerprint
 from fedcrm.consent.ledger import Ledger
 from fedcrm.errors import LedgerIntegrityError
-from tests.raw_sql import raw_sql
+from tests.raw_sql import raw_sql, rewrite_members
 
 N_CONSENTS = 40
 
@@ -140,7 +140,8 @@ TAMPERS: dict[str, Callable[..., None]] = {
     "entry added beyond the head": lambda sql, **_: sql(
         "INSERT INTO log_entries (idx, kind, public_json, leaf_hash, fingerprint) "
         "SELECT idx + 1000, kind, public_json, leaf_hash, fingerprint FROM log_entries WHERE idx = 0"),
-    "subject set row deleted": lambda sql, make, **_: sql("DELETE FROM subject_sets WHERE subject = :s", s=make.pseudonym(7)),
+    "subject set member deleted": lambda sql, make, **_: rewrite_members(
+        sql, lambda members: [m for m in members if m != make.pseudonym(7)]),
     "rotation row edited": lambda sql, make, **_: sql(
         "UPDATE key_rotations SET new_pseudonym = :n WHERE old_pseudonym = :o",
         n=make.pseudonym(77, key_id="99887766"), o=make.pseudonym(1)),
